@@ -1,0 +1,101 @@
+//! The build runner: typed steps with a cleanup stack, cancellation, error policies, and the
+//! concurrent execution of a [`BuildPlan`](crate::plan::BuildPlan).
+//!
+//! A builder is a list of [`Step`]s over a state struct of its own (no string-keyed state bag).
+//! [`run_steps`] pushes each step on the cleanup stack *before* running it, so a step that fails
+//! half-way is cleaned up too; cleanups run in reverse order under their own deadline, never
+//! under the cancelled token.
+
+mod cancel;
+mod run;
+mod steps;
+
+pub use cancel::Cancel;
+pub use run::{run_plan, BuildOutcome, RunOptions, RunSummary};
+pub use steps::{run_steps, CleanupCtx, Leftover, Step};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::event::EventSink;
+
+/// What to do when a build fails (`-on-error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// Run every cleanup (the default).
+    #[default]
+    Cleanup,
+    /// Leave everything in place and report what is left and how to reach it.
+    Abort,
+    /// Ask the [`Asker`] what to do.
+    Ask,
+    /// Run the build's `error-cleanup-provisioner`, then leave everything as with `Abort`.
+    RunCleanupProvisioner,
+}
+
+/// The user's answer to an `-on-error=ask` question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AskAnswer {
+    Cleanup,
+    Abort,
+}
+
+/// Asks the user what to do after a failure (`-on-error=ask`); implemented by the CLI.
+pub trait Asker: Send + Sync {
+    fn ask(&self, build: &str, error: &str) -> AskAnswer;
+}
+
+/// Everything a build's steps and components get from the runner.
+#[derive(Clone)]
+pub struct BuildCtx {
+    pub run_id: Uuid,
+    /// The build's name, `BUILD.TYPE.NAME` or `TYPE.NAME`.
+    pub build_name: String,
+    pub source_type: String,
+    pub source_name: String,
+    pub events: EventSink,
+    pub cancel: Cancel,
+    pub on_error: OnError,
+    pub asker: Option<Arc<dyn Asker>>,
+    /// The template's directory (`path.root`); relative paths in configs are resolved from the
+    /// current directory, as Packer does.
+    pub template_dir: PathBuf,
+    /// `-force`: builders may replace existing output.
+    pub force: bool,
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("step `{step}` failed")]
+    Step {
+        step: String,
+        #[source]
+        source: crate::BoxError,
+    },
+    #[error("{what} failed")]
+    Provisioner {
+        /// e.g. `provisioner 2 (shell-local) at build.pkr.hcl:12:3`
+        what: String,
+        #[source]
+        source: crate::BoxError,
+    },
+    #[error("post-processor {what} failed")]
+    PostProcessor {
+        what: String,
+        #[source]
+        source: crate::BoxError,
+    },
+    #[error("invalid configuration")]
+    Config(#[source] crate::diag::Diagnostics),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("cleanup failed; these may be left behind: {}", left_behind.join(", "))]
+    Cleanup {
+        left_behind: Vec<String>,
+        #[source]
+        source: crate::BoxError,
+    },
+}
