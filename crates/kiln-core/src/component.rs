@@ -58,7 +58,10 @@ impl ConnInfo {
         put("Host", self.host.clone());
         put("Port", self.port.map(|p| p.to_string()));
         put("User", self.user.clone());
-        put("Password", self.password.as_ref().map(|p| p.expose().clone()));
+        put(
+            "Password",
+            self.password.as_ref().map(|p| p.expose().clone()),
+        );
         put("SSHPublicKey", self.ssh_public_key.clone());
         put(
             "SSHPrivateKey",
@@ -135,7 +138,11 @@ pub struct PostProcessed {
 /// A configured post-processor.
 #[async_trait]
 pub trait PostProcessor: Send + Sync {
-    async fn process(&self, ctx: &BuildCtx, input: Artifact) -> Result<PostProcessed, crate::BoxError>;
+    async fn process(
+        &self,
+        ctx: &BuildCtx,
+        input: Artifact,
+    ) -> Result<PostProcessed, crate::BoxError>;
 }
 
 /// All component kinds Kiln knows, by type name. Filled by the CLI.

@@ -193,7 +193,9 @@ impl EventKind {
     fn map_text(&mut self, f: &dyn Fn(&str) -> String) {
         use EventKind::*;
         match self {
-            StepFinished { error, .. } | CleanupFinished { error, .. } | BuildFinished { error, .. } => {
+            StepFinished { error, .. }
+            | CleanupFinished { error, .. }
+            | BuildFinished { error, .. } => {
                 if let Some(e) = error {
                     *e = f(e);
                 }
@@ -218,7 +220,10 @@ impl EventKind {
                     }
                 }
             }
-            RunStarted { .. } | BuildStarted { .. } | StepStarted { .. } | CleanupStarted { .. }
+            RunStarted { .. }
+            | BuildStarted { .. }
+            | StepStarted { .. }
+            | CleanupStarted { .. }
             | RunFinished { .. } => {}
         }
     }
@@ -235,7 +240,10 @@ pub struct EventSink {
 
 impl EventSink {
     /// A sink and the receiving end the renderer reads from.
-    pub fn channel(run_id: Uuid, redactor: Redactor) -> (EventSink, mpsc::UnboundedReceiver<Event>) {
+    pub fn channel(
+        run_id: Uuid,
+        redactor: Redactor,
+    ) -> (EventSink, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             EventSink {

@@ -189,7 +189,12 @@ impl Config {
                 .iter()
                 .find(|a| a.key == first)
                 .map(|a| a.span)
-                .or_else(|| self.blocks.iter().find(|b| b.ident == first).map(|b| b.span))
+                .or_else(|| {
+                    self.blocks
+                        .iter()
+                        .find(|b| b.ident == first)
+                        .map(|b| b.span)
+                })
                 .unwrap_or(self.span);
             let msg = if path.is_empty() || path == "." {
                 format!("invalid `{}` configuration: {}", self.kind, err.inner())
@@ -229,7 +234,11 @@ impl Config {
 
 /// Keeps the builds whose name matches a glob in `only` (all when empty) and none in `except`.
 /// Globs match `TYPE.NAME` and `BUILD.TYPE.NAME` (e.g. `null.*`, `*.first`).
-pub fn select(builds: Vec<Build>, only: &[String], except: &[String]) -> Result<Vec<Build>, crate::diag::Diagnostic> {
+pub fn select(
+    builds: Vec<Build>,
+    only: &[String],
+    except: &[String],
+) -> Result<Vec<Build>, crate::diag::Diagnostic> {
     let _ = (only, except);
     Ok(builds)
 }

@@ -48,7 +48,12 @@ impl RunSummary {
 
 /// Runs every build of `plan`, emitting events to `events`. Returns when every build and its
 /// cleanups have finished.
-pub async fn run_plan(plan: &BuildPlan, registry: &Registry, opts: RunOptions, events: EventSink) -> RunSummary {
+pub async fn run_plan(
+    plan: &BuildPlan,
+    registry: &Registry,
+    opts: RunOptions,
+    events: EventSink,
+) -> RunSummary {
     let _ = (plan, registry, opts, events);
     todo!("runner helper")
 }

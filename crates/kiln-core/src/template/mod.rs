@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub mod eval;
+
 use crate::component::Registry;
 use crate::diag::{Diagnostics, SourceMap};
-use crate::plan::{BuildPlan, Config, ConfigBody, RuntimeVars, Scope};
+use crate::plan::BuildPlan;
 
 /// A variable value from the command line, in the order given (later wins).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,16 +51,11 @@ pub fn load(opts: &LoadOptions) -> Loaded {
 
 /// Resolves variables, locals and builds into a plan, checking every component's options
 /// against `registry`. Returns the plan when there are no errors, and all diagnostics.
-pub fn plan(loaded: &Loaded, opts: &LoadOptions, registry: &Registry) -> (Option<BuildPlan>, Diagnostics) {
+pub fn plan(
+    loaded: &Loaded,
+    opts: &LoadOptions,
+    registry: &Registry,
+) -> (Option<BuildPlan>, Diagnostics) {
     let _ = (loaded, opts, registry);
     todo!("template helper")
-}
-
-impl ConfigBody {
-    /// Evaluates the body for a component of type `kind`. With `runtime = None` this is a trial
-    /// evaluation: `build.*` run-time values evaluate to placeholders.
-    pub fn evaluate(&self, scope: &Scope, runtime: Option<&RuntimeVars>, kind: &str) -> Result<Config, Diagnostics> {
-        let _ = (scope, runtime, kind);
-        todo!("template helper")
-    }
 }
