@@ -34,7 +34,7 @@ pub struct SourceFile {
 
 /// Every file Kiln read while loading a template (templates, var files), so that spans can be
 /// turned into file, line and column, and snippets can be shown.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct SourceMap {
     files: Vec<Arc<SourceFile>>,
 }
@@ -55,6 +55,18 @@ impl SourceMap {
 
     pub fn file(&self, id: FileId) -> &SourceFile {
         &self.files[id.0 as usize]
+    }
+
+    /// The file, or `None` for an id from another map.
+    pub fn get(&self, id: FileId) -> Option<&SourceFile> {
+        self.files.get(id.0 as usize).map(|f| f.as_ref())
+    }
+
+    /// The source text a span covers (empty for an id from another map).
+    pub fn slice(&self, span: Span) -> &str {
+        self.get(span.file)
+            .and_then(|f| f.text.get(span.start..span.end))
+            .unwrap_or("")
     }
 
     pub fn path(&self, id: FileId) -> &Path {
@@ -208,6 +220,101 @@ pub fn did_you_mean<'a>(
 /// Renders diagnostics for a terminal: `error: message`, then `--> file:line:col`, the source
 /// line(s) with the span underlined, the label and the help. No colour when `color` is false.
 pub fn render(sources: &SourceMap, diags: &Diagnostics, color: bool) -> String {
-    let _ = (sources, diags, color);
-    todo!("template helper")
+    let mut out = String::new();
+    for d in diags.iter() {
+        render_one(&mut out, sources, d, color);
+    }
+    out
+}
+
+const RESET: &str = "\x1b[0m";
+const BOLD: &str = "\x1b[1m";
+const RED: &str = "\x1b[1;31m";
+const YELLOW: &str = "\x1b[1;33m";
+const BLUE: &str = "\x1b[1;34m";
+const CYAN: &str = "\x1b[1;36m";
+
+fn paint(color: bool, code: &str, text: &str) -> String {
+    if color {
+        format!("{code}{text}{RESET}")
+    } else {
+        text.to_string()
+    }
+}
+
+fn render_one(out: &mut String, sources: &SourceMap, d: &Diagnostic, color: bool) {
+    use std::fmt::Write;
+    let (word, code) = match d.severity {
+        Severity::Error => ("error", RED),
+        Severity::Warning => ("warning", YELLOW),
+    };
+    let _ = writeln!(
+        out,
+        "{}{}",
+        paint(color, code, word),
+        paint(color, BOLD, &format!(": {}", d.message))
+    );
+    let snippet = d
+        .span
+        .and_then(|span| sources.get(span.file).map(|file| (span, file)));
+    let Some((span, file)) = snippet else {
+        if let Some(label) = &d.label {
+            let _ = writeln!(out, "  {} {label}", paint(color, BLUE, "="));
+        }
+        if let Some(help) = &d.help {
+            let _ = writeln!(out, "  {} help: {help}", paint(color, BLUE, "="));
+        }
+        out.push('\n');
+        return;
+    };
+    let text = &file.text;
+    let start = floor_char(text, span.start.min(text.len()));
+    let end = floor_char(text, span.end.clamp(start, text.len()));
+    let (line, col) = sources.line_col(span.file, start);
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line_text = text[line_start..line_end].trim_end_matches('\r');
+    // Multi-line spans are underlined up to the end of their first line.
+    let underline_end = end.min(line_start + line_text.len()).max(start);
+    let width = line.to_string().len();
+    let pad = " ".repeat(width);
+    let bar = paint(color, BLUE, "|");
+    let _ = writeln!(
+        out,
+        "{pad}{} {}:{}:{}",
+        paint(color, BLUE, "-->"),
+        file.path.display(),
+        line,
+        col
+    );
+    let _ = writeln!(out, "{pad} {bar}");
+    let _ = writeln!(
+        out,
+        "{} {bar} {}",
+        paint(color, BLUE, &line.to_string()),
+        line_text.replace('\t', " ")
+    );
+    let carets = text[start..underline_end].chars().count().max(1);
+    let marks = paint(color, code, &"^".repeat(carets));
+    let mut mark_line = format!("{pad} {bar} {}{marks}", " ".repeat(col - 1));
+    if let Some(label) = &d.label {
+        let _ = write!(mark_line, " {}", paint(color, code, label));
+    }
+    let _ = writeln!(out, "{mark_line}");
+    if let Some(help) = &d.help {
+        let _ = writeln!(
+            out,
+            "{pad} {} {}: {help}",
+            paint(color, BLUE, "="),
+            paint(color, CYAN, "help")
+        );
+    }
+    out.push('\n');
+}
+
+fn floor_char(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }

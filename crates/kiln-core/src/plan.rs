@@ -99,7 +99,10 @@ pub struct RawAttr {
 #[derive(Debug, Clone)]
 pub struct RawBlock {
     pub ident: String,
+    pub ident_span: Span,
     pub labels: Vec<String>,
+    /// One span per label.
+    pub label_spans: Vec<Span>,
     pub body: ConfigBody,
     pub span: Span,
 }
