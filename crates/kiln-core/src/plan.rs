@@ -236,12 +236,50 @@ impl Config {
 }
 
 /// Keeps the builds whose name matches a glob in `only` (all when empty) and none in `except`.
-/// Globs match `TYPE.NAME` and `BUILD.TYPE.NAME` (e.g. `null.*`, `*.first`).
+/// Globs match `TYPE.NAME` and `BUILD.TYPE.NAME` (e.g. `null.*`, `*.first`). An `only` glob that
+/// matches no build, or an invalid glob, is an error naming the available builds.
 pub fn select(
     builds: Vec<Build>,
     only: &[String],
     except: &[String],
 ) -> Result<Vec<Build>, crate::diag::Diagnostic> {
-    let _ = (only, except);
-    Ok(builds)
+    let available = || {
+        builds
+            .iter()
+            .map(|b| format!("`{}`", b.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let compile = |flag: &str, globs: &[String]| {
+        globs
+            .iter()
+            .map(|g| {
+                globset::GlobBuilder::new(g)
+                    .literal_separator(false)
+                    .build()
+                    .map(|glob| (g.clone(), glob.compile_matcher()))
+                    .map_err(|e| {
+                        crate::diag::Diagnostic::error(format!("invalid `-{flag}` glob `{g}`: {e}"))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let only = compile("only", only)?;
+    let except = compile("except", except)?;
+    let matches = |m: &globset::GlobMatcher, b: &Build| {
+        m.is_match(&b.name) || m.is_match(format!("{}.{}", b.source_type, b.source_name))
+    };
+    for (glob, m) in &only {
+        if !builds.iter().any(|b| matches(m, b)) {
+            return Err(crate::diag::Diagnostic::error(format!(
+                "`-only {glob}` matches no build"
+            ))
+            .with_help(format!("available builds: {}", available())));
+        }
+    }
+    Ok(builds
+        .into_iter()
+        .filter(|b| only.is_empty() || only.iter().any(|(_, m)| matches(m, b)))
+        .filter(|b| !except.iter().any(|(_, m)| matches(m, b)))
+        .collect())
 }

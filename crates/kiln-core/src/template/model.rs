@@ -220,7 +220,10 @@ impl Model {
                 "variable" => self.add_variable(block, diags),
                 "locals" => {
                     if check_labels(block, &[], diags) {
-                        check_body(&block.body, "`locals`", &[], &[], diags);
+                        // Any name is a local; blocks are not allowed.
+                        let names: Vec<&str> =
+                            block.body.attrs.iter().map(|a| a.key.as_str()).collect();
+                        check_body(&block.body, "`locals`", &names, &[], diags);
                         for a in &block.body.attrs {
                             self.add_local(a.key.clone(), a.key_span, a.clone(), false, diags);
                         }
@@ -421,7 +424,10 @@ impl Model {
                     if !check_labels(b, &["TYPE.NAME"], diags) {
                         continue;
                     }
-                    let Some((ty, name)) = split_source(&b.labels[0]) else {
+                    let label = &b.labels[0];
+                    let Some((ty, name)) =
+                        split_source(label.strip_prefix("source.").unwrap_or(label))
+                    else {
                         diags.push(
                             Diagnostic::error(format!(
                                 "invalid source reference `{}`",
@@ -494,7 +500,8 @@ impl Model {
                 _ => {}
             }
         }
-        if build.sources.is_empty() {
+        let has_sources = attr(body, "sources").is_some() || body.blocks.iter().any(|b| b.ident == "source");
+        if !has_sources {
             diags.push(
                 Diagnostic::error("a `build` block needs at least one source")
                     .at(block.ident_span)

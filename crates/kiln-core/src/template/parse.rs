@@ -81,7 +81,8 @@ fn from_edit_body(file: FileId, body: &Body, whole: Span) -> ConfigBody {
 
 /// Parses an HCL expression (a `-var` value, a JSON document) with its spans.
 pub fn parse_expr(file: FileId, text: &str, diags: &mut Diagnostics) -> Option<EditExpr> {
-    match hcl_edit::parser::parse_expr(text) {
+    // The expression parser rejects trailing whitespace; trimming the end keeps offsets.
+    match hcl_edit::parser::parse_expr(text.trim_end()) {
         Ok(expr) => Some(expr),
         Err(err) => {
             diags.push(parse_error(file, text, &err));
@@ -142,6 +143,17 @@ fn parse_json_as(
     schema: Schema,
     diags: &mut Diagnostics,
 ) -> Option<ConfigBody> {
+    // HCL's expression syntax is laxer than JSON (trailing commas, comments): check JSON first.
+    if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        let offset = offset_of(text, err.line(), err.column());
+        let message = err.to_string();
+        let message = message.split(" at line ").next().unwrap_or(&message);
+        diags.push(
+            Diagnostic::error(format!("invalid JSON: {message}"))
+                .at(Span::new(file, offset, (offset + 1).min(text.len()))),
+        );
+        return None;
+    }
     let expr = parse_expr(file, text, diags)?;
     let whole = Span::new(file, 0, text.len());
     match &expr {
@@ -157,6 +169,21 @@ fn parse_json_as(
             None
         }
     }
+}
+
+/// The byte offset of a one-based line and column (serde_json's error position).
+fn offset_of(text: &str, line: usize, column: usize) -> usize {
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let offset = (line_start + column.saturating_sub(1)).min(text.len());
+    let mut offset = offset;
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    offset
 }
 
 fn json_body(

@@ -63,6 +63,16 @@ pub fn plan(
         diags: &mut diags,
         reported_types: BTreeSet::new(),
     };
+    for source in &model.sources {
+        if !registry.builders.contains_key(source.ty.as_str()) {
+            ctx.unknown_type(
+                "source type",
+                &source.ty,
+                source.type_span,
+                registry.builders.keys().copied().collect(),
+            );
+        }
+    }
     let mut builds = Vec::new();
     for block in &model.builds {
         for source_ref in &block.sources {
@@ -345,25 +355,18 @@ impl Resolver<'_, '_> {
         };
         let body = merge(&source.body, source_ref.overrides.as_ref());
         let eval = Evaluator::new(context(&scope, None), &scope, Some(self.sources));
-        match self.registry.builders.get(source.ty.as_str()) {
-            Some(kind) => {
-                let what = format!("source `{}.{}`", source.ty, source.name);
-                check_options(&body, &what, kind.options(), self.diags);
-                let mut diags = Diagnostics::new();
-                let config = eval.body(&body, &source.ty, &mut diags);
-                if diags.is_empty() {
-                    if let Err(e) = kind.configure(&config) {
-                        diags.extend(e);
-                    }
+        // Unknown source types are reported once, for all sources, by `plan`.
+        if let Some(kind) = self.registry.builders.get(source.ty.as_str()) {
+            let what = format!("source `{}.{}`", source.ty, source.name);
+            let mut diags = Diagnostics::new();
+            check_options(&body, &what, kind.options(), &mut diags);
+            let config = eval.body(&body, &source.ty, &mut diags);
+            if diags.is_empty() {
+                if let Err(e) = kind.configure(&config) {
+                    diags.extend(e);
                 }
-                self.diags.extend(diags);
             }
-            None => self.unknown_type(
-                "source type",
-                &source.ty,
-                source.type_span,
-                self.registry.builders.keys().copied().collect(),
-            ),
+            self.diags.extend(diags);
         }
 
         let names = source_names(block);
@@ -560,8 +563,8 @@ impl Resolver<'_, '_> {
                     Family::Provisioner => format!("provisioner `{ty}`"),
                     Family::PostProcessor => format!("post-processor `{ty}`"),
                 };
-                check_options(&body, &label, options, self.diags);
                 let mut diags = Diagnostics::new();
+                check_options(&body, &label, options, &mut diags);
                 let config = eval.body(&body, &ty, &mut diags);
                 if diags.is_empty() {
                     let configured = match family {

@@ -304,9 +304,11 @@ pub fn string_leaves(value: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// A value as HCL text, for `kiln inspect`.
+/// A value as one line of HCL, for `kiln inspect`.
 pub fn render_value(value: &Value) -> String {
-    hcl::format::to_string(value)
-        .map(|s| s.trim_end().to_string())
+    use hcl::format::Format as _;
+    let mut fmt = hcl::format::Formatter::builder().compact(true).build_vec();
+    value
+        .format_string(&mut fmt)
         .unwrap_or_else(|_| value.to_string())
 }
