@@ -318,3 +318,49 @@ fn floor_char(text: &str, mut i: usize) -> usize {
     }
     i
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_location_snippet_label_and_help() {
+        let mut sources = SourceMap::new();
+        let text = "a = 1\nsource \"nul\" \"x\" {\n}\n";
+        let id = sources.add("t.pkr.hcl", text);
+        let start = text.find("\"nul\"").unwrap();
+        let diags: Diagnostics = Diagnostic::error("unknown source type `nul`")
+            .at(Span::new(id, start, start + 5))
+            .with_label("not a known type")
+            .with_help("did you mean `null`?")
+            .into();
+        assert_eq!(
+            render(&sources, &diags, false),
+            "error: unknown source type `nul`\n \
+             --> t.pkr.hcl:2:8\n  \
+             |\n\
+             2 | source \"nul\" \"x\" {\n  \
+             |        ^^^^^ not a known type\n  \
+             = help: did you mean `null`?\n\n"
+        );
+        assert!(render(&sources, &diags, true).contains("\x1b["));
+    }
+
+    #[test]
+    fn renders_without_span_and_multiline_spans() {
+        let mut sources = SourceMap::new();
+        let id = sources.add("t.pkr.hcl", "build {\n}\n");
+        let diags = Diagnostics(vec![
+            Diagnostic::warning("no place").with_help("a hint"),
+            Diagnostic::error("whole block").at(Span::new(id, 0, 9)),
+            Diagnostic::error("other map").at(Span::new(FileId(7), 0, 1)),
+        ]);
+        let out = render(&sources, &diags, false);
+        assert!(
+            out.starts_with("warning: no place\n  = help: a hint\n"),
+            "{out}"
+        );
+        assert!(out.contains("1 | build {\n  | ^^^^^^^\n"), "{out}");
+        assert!(out.contains("error: other map\n\n"), "{out}");
+    }
+}

@@ -271,10 +271,10 @@ pub fn select(
     };
     for (glob, m) in &only {
         if !builds.iter().any(|b| matches(m, b)) {
-            return Err(crate::diag::Diagnostic::error(format!(
-                "`-only {glob}` matches no build"
-            ))
-            .with_help(format!("available builds: {}", available())));
+            return Err(
+                crate::diag::Diagnostic::error(format!("`-only {glob}` matches no build"))
+                    .with_help(format!("available builds: {}", available())),
+            );
         }
     }
     Ok(builds

@@ -15,7 +15,7 @@ use kiln_core::component::{
     ProvisionCtx, ProvisionHook, Provisioner, ProvisionerKind, Registry,
 };
 use kiln_core::diag::{self, Diagnostic, Diagnostics};
-use kiln_core::plan::{BuildPlan, Config};
+use kiln_core::plan::{self, BuildPlan, Config};
 use kiln_core::runner::{BuildCtx, BuildError};
 use kiln_core::template::{self, LoadOptions, VarArg};
 use serde::Deserialize;
@@ -23,12 +23,42 @@ use serde::Deserialize;
 // ---- A small registry of test component kinds (fixture data) ----
 
 const NULL_OPTIONS: &[OptionSpec] = &[
-    OptionSpec { name: "communicator", ty: "string", required: false, doc: "How to connect." },
-    OptionSpec { name: "ssh_host", ty: "string", required: false, doc: "Host to connect to." },
-    OptionSpec { name: "ssh_username", ty: "string", required: false, doc: "User to connect as." },
-    OptionSpec { name: "ssh_password", ty: "string", required: false, doc: "Password." },
-    OptionSpec { name: "tags", ty: "map(string)", required: false, doc: "Tags." },
-    OptionSpec { name: "disk", ty: "block", required: false, doc: "A disk." },
+    OptionSpec {
+        name: "communicator",
+        ty: "string",
+        required: false,
+        doc: "How to connect.",
+    },
+    OptionSpec {
+        name: "ssh_host",
+        ty: "string",
+        required: false,
+        doc: "Host to connect to.",
+    },
+    OptionSpec {
+        name: "ssh_username",
+        ty: "string",
+        required: false,
+        doc: "User to connect as.",
+    },
+    OptionSpec {
+        name: "ssh_password",
+        ty: "string",
+        required: false,
+        doc: "Password.",
+    },
+    OptionSpec {
+        name: "tags",
+        ty: "map(string)",
+        required: false,
+        doc: "Tags.",
+    },
+    OptionSpec {
+        name: "disk",
+        ty: "block",
+        required: false,
+        doc: "A disk.",
+    },
 ];
 
 #[derive(Deserialize)]
@@ -72,7 +102,11 @@ impl Provisioner for Never {
 
 #[async_trait]
 impl PostProcessor for Never {
-    async fn process(&self, _: &BuildCtx, _: Artifact) -> Result<PostProcessed, kiln_core::BoxError> {
+    async fn process(
+        &self,
+        _: &BuildCtx,
+        _: Artifact,
+    ) -> Result<PostProcessed, kiln_core::BoxError> {
         Err("test components do not run".into())
     }
 }
@@ -105,7 +139,12 @@ impl BuilderKind for DockerKind {
         "docker"
     }
     fn options(&self) -> &'static [OptionSpec] {
-        &[OptionSpec { name: "image", ty: "string", required: true, doc: "Base image." }]
+        &[OptionSpec {
+            name: "image",
+            ty: "string",
+            required: true,
+            doc: "Base image.",
+        }]
     }
     fn configure(&self, config: &Config) -> Result<Box<dyn Builder>, Diagnostics> {
         #[derive(Deserialize)]
@@ -119,9 +158,24 @@ impl BuilderKind for DockerKind {
 }
 
 const SHELL_LOCAL_OPTIONS: &[OptionSpec] = &[
-    OptionSpec { name: "inline", ty: "list(string)", required: false, doc: "Commands." },
-    OptionSpec { name: "command", ty: "string", required: false, doc: "One command." },
-    OptionSpec { name: "environment_vars", ty: "list(string)", required: false, doc: "Env." },
+    OptionSpec {
+        name: "inline",
+        ty: "list(string)",
+        required: false,
+        doc: "Commands.",
+    },
+    OptionSpec {
+        name: "command",
+        ty: "string",
+        required: false,
+        doc: "One command.",
+    },
+    OptionSpec {
+        name: "environment_vars",
+        ty: "list(string)",
+        required: false,
+        doc: "Env.",
+    },
 ];
 
 #[derive(Deserialize)]
@@ -138,9 +192,11 @@ struct ShellLocalKind;
 fn shell_local(config: &Config) -> Result<(), Diagnostics> {
     let c: ShellLocalConfig = config.decode()?;
     if c.inline.is_none() && c.command.is_none() {
-        return Err(Diagnostic::error("`shell-local` needs `inline` or `command`")
-            .at(config.span)
-            .into());
+        return Err(
+            Diagnostic::error("`shell-local` needs `inline` or `command`")
+                .at(config.span)
+                .into(),
+        );
     }
     Ok(())
 }
@@ -176,7 +232,12 @@ impl PostProcessorKind for ManifestKind {
         "manifest"
     }
     fn options(&self) -> &'static [OptionSpec] {
-        &[OptionSpec { name: "output", ty: "string", required: false, doc: "Output file." }]
+        &[OptionSpec {
+            name: "output",
+            ty: "string",
+            required: false,
+            doc: "Output file.",
+        }]
     }
     fn configure(&self, config: &Config) -> Result<Box<dyn PostProcessor>, Diagnostics> {
         #[derive(Deserialize)]
@@ -265,9 +326,17 @@ fn summary(plan: &BuildPlan, diags: &Diagnostics) -> String {
     let _ = writeln!(out, "sensitive values: {:?}", plan.sensitive_values);
     for b in &plan.builds {
         let _ = writeln!(out, "build {} (block {:?})", b.name, b.build_block);
-        let cfg = b.builder.body.evaluate(&b.scope, None, &b.builder.kind).unwrap();
+        let cfg = b
+            .builder
+            .body
+            .evaluate(&b.scope, None, &b.builder.kind)
+            .unwrap();
         let _ = writeln!(out, "  source {}: {}", b.builder.kind, cfg.to_json());
-        let _ = writeln!(out, "  locals: {}", serde_json::to_string(&b.scope.local).unwrap());
+        let _ = writeln!(
+            out,
+            "  locals: {}",
+            serde_json::to_string(&b.scope.local).unwrap()
+        );
         for p in &b.provisioners {
             let c = &p.component;
             let cfg = c.body.evaluate(&b.scope, None, &c.kind).unwrap();
@@ -283,7 +352,11 @@ fn summary(plan: &BuildPlan, diags: &Diagnostics) -> String {
             );
         }
         if let Some(p) = &b.error_cleanup_provisioner {
-            let cfg = p.component.body.evaluate(&b.scope, None, &p.component.kind).unwrap();
+            let cfg = p
+                .component
+                .body
+                .evaluate(&b.scope, None, &p.component.kind)
+                .unwrap();
             let _ = writeln!(
                 out,
                 "  error-cleanup-provisioner {}: {}",
@@ -346,4 +419,194 @@ fn invalid_templates() {
         }
         insta::assert_snapshot!(diag::render(&sources, &diags, false));
     });
+}
+
+// ---- Variable precedence: each level overrides the previous one ----
+
+/// A template directory whose variable `v` (and `w`, set only by the default) can be set at
+/// every level; returns `(value, source)` of `v` for the given inputs.
+fn resolve_v(dir: &Path, env: &[(&str, &str)], var_args: Vec<VarArg>) -> (String, String) {
+    let opts = LoadOptions {
+        path: dir.to_path_buf(),
+        var_args,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let loaded = template::load(&opts);
+    let (plan, diags) = template::plan(&loaded, &opts, &registry());
+    let plan = plan.unwrap_or_else(|| panic!("{}", diag::render(&loaded.sources, &diags, false)));
+    let v = plan.variables.iter().find(|v| v.name == "v").unwrap();
+    (v.value.clone().unwrap(), v.source.clone())
+}
+
+fn precedence_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write(
+        "main.pkr.hcl",
+        "variable \"v\" {\n  default = \"default\"\n}\nsource \"null\" \"a\" {\n  communicator = \"none\"\n}\n",
+    );
+    write(
+        "build.pkr.hcl",
+        "build {\n  sources = [\"source.null.a\"]\n}\n",
+    );
+    dir
+}
+
+#[test]
+fn variable_precedence_levels() {
+    let dir = precedence_dir();
+    let d = dir.path();
+    let file = |name: &str, text: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+
+    assert_eq!(
+        resolve_v(d, &[], vec![]),
+        ("\"default\"".into(), "default".into())
+    );
+
+    let pkr = [("PKR_VAR_v", "pkr")];
+    assert_eq!(resolve_v(d, &pkr, vec![]).0, "\"pkr\"");
+    let both = [("KILN_VAR_v", "kiln"), ("PKR_VAR_v", "pkr")];
+    assert_eq!(
+        resolve_v(d, &both, vec![]),
+        ("\"kiln\"".into(), "environment variable KILN_VAR_v".into())
+    );
+
+    // Automatic var files beat the environment; the lexically last one wins.
+    file("b.auto.pkrvars.hcl", "v = \"auto-b\"\n");
+    file("a.auto.pkrvars.hcl", "v = \"auto-a\"\n");
+    let (value, source) = resolve_v(d, &both, vec![]);
+    assert_eq!(value, "\"auto-b\"");
+    assert!(source.ends_with("b.auto.pkrvars.hcl"), "{source}");
+
+    // -var-file and -var beat automatic files, in command-line order (later wins).
+    let f1 = file("one.pkrvars.hcl", "v = \"file-1\"\n");
+    let f2 = file("two.pkrvars.json", "{\"v\": \"file-2\"}\n");
+    let var = |s: &str| VarArg::Var("v".into(), s.into());
+    assert_eq!(
+        resolve_v(d, &both, vec![VarArg::File(f1.clone())]).0,
+        "\"file-1\""
+    );
+    assert_eq!(
+        resolve_v(d, &both, vec![VarArg::File(f1.clone()), var("cli")]),
+        ("\"cli\"".into(), "-var".into())
+    );
+    assert_eq!(
+        resolve_v(d, &both, vec![var("cli"), VarArg::File(f1.clone())]).0,
+        "\"file-1\""
+    );
+    assert_eq!(
+        resolve_v(
+            d,
+            &both,
+            vec![VarArg::File(f1), var("cli"), VarArg::File(f2)]
+        )
+        .0,
+        "\"file-2\""
+    );
+    assert_eq!(
+        resolve_v(d, &both, vec![var("first"), var("second")]).0,
+        "\"second\""
+    );
+}
+
+#[test]
+fn directory_merges_files_and_reports_each_file() {
+    let dir = precedence_dir();
+    std::fs::write(dir.path().join("bad.pkr.hcl"), "locals {\n  x = \n}\n").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a template").unwrap();
+    let opts = LoadOptions {
+        path: dir.path().to_path_buf(),
+        ..LoadOptions::default()
+    };
+    let loaded = template::load(&opts);
+    let rendered = diag::render(&loaded.sources, &loaded.diagnostics, false);
+    assert!(rendered.contains("bad.pkr.hcl:2:"), "{rendered}");
+    // The other files were still read: the source and build are known.
+    assert_eq!(loaded.template.model.sources.len(), 1);
+    assert_eq!(loaded.template.model.builds.len(), 1);
+    let (plan, diags) = template::plan(&loaded, &opts, &registry());
+    assert!(plan.is_none());
+    assert_eq!(
+        diags
+            .iter()
+            .filter(|d| d.message.starts_with("syntax error"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn missing_path_is_an_error() {
+    let opts = LoadOptions {
+        path: PathBuf::from("/nonexistent/kiln/template.pkr.hcl"),
+        ..LoadOptions::default()
+    };
+    let loaded = template::load(&opts);
+    assert!(loaded.diagnostics.has_errors());
+    assert!(loaded.diagnostics.0[0].message.contains("cannot read"));
+}
+
+// ---- Build selection ----
+
+fn two_builds() -> Vec<kiln_core::plan::Build> {
+    let path = crate_dir().join("tests/fixtures/valid/full.pkr.hcl");
+    let (plan, diags, sources) = run(&path);
+    plan.unwrap_or_else(|| panic!("{}", diag::render(&sources, &diags, false)))
+        .builds
+}
+
+fn names(builds: &[kiln_core::plan::Build]) -> Vec<&str> {
+    builds.iter().map(|b| b.name.as_str()).collect()
+}
+
+#[test]
+fn select_with_only_and_except_globs() {
+    let all = two_builds();
+    assert_eq!(names(&all), ["images.null.first", "images.null.renamed"]);
+    let s = |only: &[&str], except: &[&str]| {
+        let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
+        let except: Vec<String> = except.iter().map(|s| s.to_string()).collect();
+        plan::select(two_builds(), &only, &except)
+    };
+    assert_eq!(names(&s(&[], &[]).unwrap()), names(&all));
+    assert_eq!(
+        names(&s(&["null.first"], &[]).unwrap()),
+        ["images.null.first"]
+    );
+    assert_eq!(
+        names(&s(&["*.renamed"], &[]).unwrap()),
+        ["images.null.renamed"]
+    );
+    assert_eq!(
+        names(&s(&["images.*"], &["null.first"]).unwrap()),
+        ["images.null.renamed"]
+    );
+    assert_eq!(names(&s(&[], &["null.*"]).unwrap()), Vec::<&str>::new());
+    let err = s(&["docker.*"], &[]).unwrap_err();
+    assert_eq!(err.message, "`-only docker.*` matches no build");
+    assert_eq!(
+        err.help.as_deref(),
+        Some("available builds: `images.null.first`, `images.null.renamed`")
+    );
+    assert!(s(&["[bad"], &[]).is_err());
+}
+
+#[test]
+fn runtime_evaluation_fills_build_values() {
+    let build = &two_builds()[1];
+    let p = &build.provisioners[0].component;
+    let mut rt = kiln_core::plan::RuntimeVars::default();
+    rt.values.insert("Host".into(), "10.0.2.15".into());
+    let config = p.body.evaluate(&build.scope, Some(&rt), &p.kind).unwrap();
+    assert_eq!(
+        config.to_json()["inline"],
+        serde_json::json!(["echo images renamed debug-img", "echo 10.0.2.15"])
+    );
 }

@@ -500,7 +500,8 @@ impl Model {
                 _ => {}
             }
         }
-        let has_sources = attr(body, "sources").is_some() || body.blocks.iter().any(|b| b.ident == "source");
+        let has_sources =
+            attr(body, "sources").is_some() || body.blocks.iter().any(|b| b.ident == "source");
         if !has_sources {
             diags.push(
                 Diagnostic::error("a `build` block needs at least one source")

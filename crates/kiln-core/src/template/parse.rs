@@ -149,8 +149,11 @@ fn parse_json_as(
         let message = err.to_string();
         let message = message.split(" at line ").next().unwrap_or(&message);
         diags.push(
-            Diagnostic::error(format!("invalid JSON: {message}"))
-                .at(Span::new(file, offset, (offset + 1).min(text.len()))),
+            Diagnostic::error(format!("invalid JSON: {message}")).at(Span::new(
+                file,
+                offset,
+                (offset + 1).min(text.len()),
+            )),
         );
         return None;
     }
