@@ -218,15 +218,13 @@ impl Model {
             match block.ident.as_str() {
                 "packer" => packer_block(block, diags),
                 "variable" => self.add_variable(block, diags),
-                "locals" => {
-                    if check_labels(block, &[], diags) {
-                        // Any name is a local; blocks are not allowed.
-                        let names: Vec<&str> =
-                            block.body.attrs.iter().map(|a| a.key.as_str()).collect();
-                        check_body(&block.body, "`locals`", &names, &[], diags);
-                        for a in &block.body.attrs {
-                            self.add_local(a.key.clone(), a.key_span, a.clone(), false, diags);
-                        }
+                "locals" if check_labels(block, &[], diags) => {
+                    // Any name is a local; blocks are not allowed.
+                    let names: Vec<&str> =
+                        block.body.attrs.iter().map(|a| a.key.as_str()).collect();
+                    check_body(&block.body, "`locals`", &names, &[], diags);
+                    for a in &block.body.attrs {
+                        self.add_local(a.key.clone(), a.key_span, a.clone(), false, diags);
                     }
                 }
                 "local" => self.add_local_block(block, diags),
@@ -449,10 +447,8 @@ impl Model {
                         overrides: Some(overrides),
                     });
                 }
-                "provisioner" => {
-                    if check_labels(b, &["TYPE"], diags) {
-                        build.provisioners.push(b.clone());
-                    }
+                "provisioner" if check_labels(b, &["TYPE"], diags) => {
+                    build.provisioners.push(b.clone());
                 }
                 "error-cleanup-provisioner" => {
                     if !check_labels(b, &["TYPE"], diags) {
@@ -468,10 +464,8 @@ impl Model {
                     }
                     build.error_cleanup_provisioner = Some(b.clone());
                 }
-                "post-processor" => {
-                    if check_labels(b, &["TYPE"], diags) {
-                        build.post_processors.push(vec![b.clone()]);
-                    }
+                "post-processor" if check_labels(b, &["TYPE"], diags) => {
+                    build.post_processors.push(vec![b.clone()]);
                 }
                 "post-processors" => {
                     if !check_labels(b, &[], diags) {

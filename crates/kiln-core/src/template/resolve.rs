@@ -163,70 +163,21 @@ fn resolve_locals(
         .map(|l| (l.name.as_str(), references(l, sources, &names)))
         .collect();
 
-    // Depth-first ordering; a local met again while on the stack closes a cycle.
-    let mut order: Vec<&Local> = Vec::new();
-    let mut state: BTreeMap<&str, bool> = BTreeMap::new(); // false: visiting, true: done
-    let mut in_cycle: BTreeSet<String> = BTreeSet::new();
-    fn visit<'m>(
-        local: &'m Local,
-        model: &'m Model,
-        deps: &BTreeMap<&str, Vec<String>>,
-        state: &mut BTreeMap<&'m str, bool>,
-        stack: &mut Vec<&'m str>,
-        order: &mut Vec<&'m Local>,
-        in_cycle: &mut BTreeSet<String>,
-        diags: &mut Diagnostics,
-    ) {
-        match state.get(local.name.as_str()) {
-            Some(true) => return,
-            Some(false) => {
-                let start = stack.iter().position(|n| *n == local.name).unwrap_or(0);
-                let mut cycle: Vec<&str> = stack[start..].to_vec();
-                cycle.push(&local.name);
-                if cycle.iter().all(|n| !in_cycle.contains(*n)) {
-                    diags.push(
-                        Diagnostic::error(format!(
-                            "local `{}` depends on itself: {}",
-                            local.name,
-                            cycle
-                                .iter()
-                                .map(|n| format!("local.{n}"))
-                                .collect::<Vec<_>>()
-                                .join(" -> ")
-                        ))
-                        .at(local.span)
-                        .with_label("part of a cycle"),
-                    );
-                }
-                in_cycle.extend(cycle.iter().map(|n| n.to_string()));
-                return;
-            }
-            None => {}
-        }
-        state.insert(&local.name, false);
-        stack.push(&local.name);
-        for dep in &deps[local.name.as_str()] {
-            if let Some(d) = model.locals.iter().find(|l| l.name == *dep) {
-                visit(d, model, deps, state, stack, order, in_cycle, diags);
-            }
-        }
-        stack.pop();
-        state.insert(&local.name, true);
-        order.push(local);
-    }
+    let mut sorter = LocalOrder {
+        model,
+        deps: &deps,
+        state: BTreeMap::new(),
+        stack: Vec::new(),
+        order: Vec::new(),
+        in_cycle: BTreeSet::new(),
+        diags,
+    };
     for local in &model.locals {
-        let mut stack = Vec::new();
-        visit(
-            local,
-            model,
-            &deps,
-            &mut state,
-            &mut stack,
-            &mut order,
-            &mut in_cycle,
-            diags,
-        );
+        sorter.visit(local);
     }
+    let LocalOrder {
+        order, in_cycle, ..
+    } = sorter;
 
     let mut values: BTreeMap<String, Value> = BTreeMap::new();
     let mut failed: BTreeSet<&str> = BTreeSet::new();
@@ -259,6 +210,61 @@ fn resolve_locals(
         }
     }
     values
+}
+
+/// Depth-first ordering of locals; a local met again while on the stack closes a cycle.
+struct LocalOrder<'m, 'd> {
+    model: &'m Model,
+    deps: &'d BTreeMap<&'m str, Vec<String>>,
+    /// `false` while visiting, `true` when done.
+    state: BTreeMap<&'m str, bool>,
+    stack: Vec<&'m str>,
+    order: Vec<&'m Local>,
+    in_cycle: BTreeSet<String>,
+    diags: &'d mut Diagnostics,
+}
+
+impl<'m> LocalOrder<'m, '_> {
+    fn visit(&mut self, local: &'m Local) {
+        match self.state.get(local.name.as_str()) {
+            Some(true) => return,
+            Some(false) => return self.cycle(local),
+            None => {}
+        }
+        self.state.insert(&local.name, false);
+        self.stack.push(&local.name);
+        for dep in &self.deps[local.name.as_str()] {
+            if let Some(d) = self.model.locals.iter().find(|l| l.name == *dep) {
+                self.visit(d);
+            }
+        }
+        self.stack.pop();
+        self.state.insert(&local.name, true);
+        self.order.push(local);
+    }
+
+    fn cycle(&mut self, local: &Local) {
+        let start = self
+            .stack
+            .iter()
+            .position(|n| *n == local.name)
+            .unwrap_or(0);
+        let mut cycle: Vec<&str> = self.stack[start..].to_vec();
+        cycle.push(&local.name);
+        if cycle.iter().all(|n| !self.in_cycle.contains(*n)) {
+            let path: Vec<String> = cycle.iter().map(|n| format!("local.{n}")).collect();
+            self.diags.push(
+                Diagnostic::error(format!(
+                    "local `{}` depends on itself: {}",
+                    local.name,
+                    path.join(" -> ")
+                ))
+                .at(local.span)
+                .with_label("part of a cycle"),
+            );
+        }
+        self.in_cycle.extend(cycle.iter().map(|n| n.to_string()));
+    }
 }
 
 /// Parses a Go duration (`300ms`, `5s`, `1m30s`, `2h`).
@@ -586,17 +592,15 @@ impl Resolver<'_, '_> {
 
         let selected = only.is_none_or(|o| o.iter().any(|n| this.contains(n)))
             && !except.is_some_and(|e| e.iter().any(|n| this.contains(n)));
-        selected.then(|| {
-            (
-                ComponentSpec {
-                    kind: ty,
-                    name,
-                    body,
-                    span: block.span,
-                },
-                meta,
-            )
-        })
+        selected.then_some((
+            ComponentSpec {
+                kind: ty,
+                name,
+                body,
+                span: block.span,
+            },
+            meta,
+        ))
     }
 
     /// Reads `override = { "TYPE.NAME" = { key = value } }` and returns this source's attributes.
