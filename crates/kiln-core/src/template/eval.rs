@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use hcl::eval::{Context, ErrorKind, Evaluate};
-use hcl::{Map, Value};
+use hcl::expr::Operation;
+use hcl::{Expression, Map, Value};
 
 use crate::diag::{did_you_mean, Diagnostic, Diagnostics, SourceMap, Span};
 use crate::plan::{Config, ConfigAttr, ConfigBlock, ConfigBody, RawAttr, RuntimeVars, Scope};
@@ -105,7 +106,7 @@ impl<'a> Evaluator<'a> {
 
     /// Evaluates one attribute's expression.
     pub fn attr(&self, attr: &RawAttr) -> Result<Value, Diagnostic> {
-        attr.expr
+        fold_try(&attr.expr, &self.ctx)
             .evaluate(&self.ctx)
             .map_err(|err| self.error(&attr.key, attr.span, &err))
     }
@@ -184,6 +185,13 @@ impl<'a> Evaluator<'a> {
                 }
                 (d, name.to_string())
             }
+            ErrorKind::UndefinedFunc(name) if ["can", "try"].contains(&name.name.as_str()) => (
+                Diagnostic::error(format!(
+                    "`{name}` is not supported inside `for` expressions and string templates"
+                ))
+                .with_help("compute the value in a local first"),
+                format!("{name}("),
+            ),
             ErrorKind::UndefinedFunc(name) => {
                 let name = name.to_string();
                 let mut d = Diagnostic::error(format!("call to unknown function `{name}`"))
@@ -202,6 +210,52 @@ impl<'a> Evaluator<'a> {
             ),
         };
         diag.at(narrow(span, &text, &needle))
+    }
+}
+
+/// Replaces `can(x)` and `try(a, b, ...)` calls by their results. They must see the errors of
+/// their arguments, which `hcl::eval` evaluates before calling any function, so they are resolved
+/// first. Inside `for` expressions and string templates they are left alone (their iteration
+/// variables are not known yet) and fail with a clear message.
+fn fold_try(expr: &Expression, ctx: &Context) -> Expression {
+    let fold = |e: &Expression| fold_try(e, ctx);
+    match expr {
+        Expression::FuncCall(call) if call.name.namespace.is_empty() => {
+            let args: Vec<Expression> = call.args.iter().map(fold).collect();
+            match (call.name.name.as_str(), args.as_slice()) {
+                ("can", [arg]) => Expression::Bool(arg.evaluate(ctx).is_ok()),
+                ("try", [.., last]) => args
+                    .iter()
+                    .find_map(|a| a.evaluate(ctx).ok())
+                    .map_or_else(|| last.clone(), Expression::from),
+                _ => Expression::FuncCall(Box::new(hcl::expr::FuncCall {
+                    args,
+                    ..(**call).clone()
+                })),
+            }
+        }
+        Expression::Array(items) => Expression::Array(items.iter().map(fold).collect()),
+        Expression::Object(object) => {
+            Expression::Object(object.iter().map(|(k, v)| (k.clone(), fold(v))).collect())
+        }
+        Expression::Parenthesis(inner) => Expression::Parenthesis(Box::new(fold(inner))),
+        Expression::Conditional(c) => Expression::Conditional(Box::new(hcl::expr::Conditional {
+            cond_expr: fold(&c.cond_expr),
+            true_expr: fold(&c.true_expr),
+            false_expr: fold(&c.false_expr),
+        })),
+        Expression::Operation(op) => Expression::Operation(Box::new(match &**op {
+            Operation::Unary(u) => Operation::Unary(hcl::expr::UnaryOp {
+                operator: u.operator,
+                expr: fold(&u.expr),
+            }),
+            Operation::Binary(b) => Operation::Binary(hcl::expr::BinaryOp {
+                lhs_expr: fold(&b.lhs_expr),
+                operator: b.operator,
+                rhs_expr: fold(&b.rhs_expr),
+            }),
+        })),
+        other => other.clone(),
     }
 }
 
@@ -338,6 +392,37 @@ mod tests {
             Some("did you mean `var.region`?")
         );
         assert_eq!(diags.0[1].help.as_deref(), Some("did you mean `upper`?"));
+    }
+
+    #[test]
+    fn can_and_try_see_errors() {
+        let body = ConfigBody {
+            attrs: vec![
+                attr("a", "can(var.nope)"),
+                attr("b", "can(var.region)"),
+                attr("c", r#"try(var.nope, local.nope, "fallback")"#),
+                attr(
+                    "d",
+                    r#"[can(regex("^e", var.region)), try(upper(var.region), "x")]"#,
+                ),
+            ],
+            blocks: vec![],
+            span: Span::new(FileId(0), 0, 0),
+        };
+        let json = body.evaluate(&scope(), None, "null").unwrap().to_json();
+        assert_eq!(json["a"], false);
+        assert_eq!(json["b"], true);
+        assert_eq!(json["c"], "fallback");
+        assert_eq!(json["d"], serde_json::json!([true, "EU"]));
+        let fails = ConfigBody {
+            attrs: vec![attr("e", "try(var.nope)")],
+            ..body
+        };
+        let diags = fails.evaluate(&scope(), None, "null").unwrap_err();
+        assert_eq!(
+            diags.0[0].message,
+            "reference to undeclared variable `var.nope`"
+        );
     }
 
     #[test]

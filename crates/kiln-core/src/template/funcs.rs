@@ -55,7 +55,9 @@ pub const NAMES: &[&str] = &[
     "merge",
     "min",
     "pathexpand",
+    "regex",
     "regex_replace",
+    "regexall",
     "replace",
     "reverse",
     "sha256",
@@ -113,7 +115,9 @@ fn defs() -> Vec<(&'static str, FuncDef)> {
         ("merge", variadic(0, merge)),
         ("min", variadic(0, min)),
         ("pathexpand", fixed(1, pathexpand)),
+        ("regex", fixed(2, regex)),
         ("regex_replace", fixed(3, regex_replace)),
+        ("regexall", fixed(2, regexall)),
         ("replace", fixed(3, replace)),
         ("reverse", fixed(1, reverse)),
         ("sha256", fixed(1, sha256)),
@@ -377,12 +381,52 @@ fn replace(args: FuncArgs) -> Result<Value> {
 }
 
 fn regex_replace_str(text: &str, pattern: &str, with: &str) -> Result<Value> {
-    let re = regex::Regex::new(pattern).map_err(|e| format!("invalid regular expression: {e}"))?;
+    let re = compile(pattern)?;
     s(re.replace_all(text, with).into_owned())
 }
 
 fn regex_replace(args: FuncArgs) -> Result<Value> {
     regex_replace_str(&arg(&args, 0)?, &arg(&args, 1)?, &arg(&args, 2)?)
+}
+
+/// A match as Terraform's `regex` returns it: the matched text without capture groups, a map
+/// with named groups, a list with unnamed ones.
+fn captures(re: &regex::Regex, caps: &regex::Captures) -> Value {
+    let text = |m: Option<regex::Match>| m.map_or(Value::Null, |m| Value::from(m.as_str()));
+    if re.captures_len() == 1 {
+        return text(caps.get(0));
+    }
+    if re.capture_names().flatten().next().is_some() {
+        let map = re
+            .capture_names()
+            .flatten()
+            .map(|name| (name.to_string(), text(caps.name(name))))
+            .collect();
+        return Value::Object(map);
+    }
+    Value::Array((1..re.captures_len()).map(|i| text(caps.get(i))).collect())
+}
+
+fn compile(pattern: &str) -> Result<regex::Regex> {
+    regex::Regex::new(pattern).map_err(|e| format!("invalid regular expression: {e}"))
+}
+
+/// `regex(pattern, string)`: the first match; an error when there is none.
+fn regex(args: FuncArgs) -> Result<Value> {
+    let re = compile(&arg(&args, 0)?)?;
+    let text = arg(&args, 1)?;
+    re.captures(&text)
+        .map(|caps| captures(&re, &caps))
+        .ok_or_else(|| "the pattern does not match".to_string())
+}
+
+/// `regexall(pattern, string)`: every match, as a list.
+fn regexall(args: FuncArgs) -> Result<Value> {
+    let re = compile(&arg(&args, 0)?)?;
+    let text = arg(&args, 1)?;
+    Ok(Value::Array(
+        re.captures_iter(&text).map(|c| captures(&re, &c)).collect(),
+    ))
 }
 
 fn split(args: FuncArgs) -> Result<Value> {
@@ -467,17 +511,44 @@ fn coalesce(args: FuncArgs) -> Result<Value> {
         .ok_or_else(|| "no non-null, non-empty argument".to_string())
 }
 
-/// `format(spec, args...)` with `%s`, `%d`, `%f`, `%v`, `%q`, `%t` and `%%`.
+/// `format(spec, args...)` with `%s`, `%d`, `%f`, `%v`, `%q`, `%t` and `%%`, and Go's flags
+/// `-` (left-justify), `0` (zero-pad), `+` (sign), a width and a precision (`%-8s`, `%03d`, `%.2f`).
 fn format(args: FuncArgs) -> Result<Value> {
     let spec = arg(&args, 0)?;
     let mut values = args.iter().skip(1);
     let mut out = String::new();
-    let mut chars = spec.chars();
+    let mut chars = spec.chars().peekable();
     while let Some(c) = chars.next() {
         if c != '%' {
             out.push(c);
             continue;
         }
+        let (mut left, mut zero, mut plus) = (false, false, false);
+        while let Some(&f) = chars.peek() {
+            match f {
+                '-' => left = true,
+                '0' => zero = true,
+                '+' => plus = true,
+                _ => break,
+            }
+            chars.next();
+        }
+        let digits = |chars: &mut std::iter::Peekable<std::str::Chars>| {
+            let mut n = String::new();
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                n.push(*d);
+                chars.next();
+            }
+            n.parse::<usize>().ok()
+        };
+        let width = digits(&mut chars);
+        let precision = match chars.peek() {
+            Some('.') => {
+                chars.next();
+                Some(digits(&mut chars).unwrap_or(0))
+            }
+            _ => None,
+        };
         let verb = chars.next().ok_or("the format ends with a lone `%`")?;
         if verb == '%' {
             out.push('%');
@@ -486,17 +557,48 @@ fn format(args: FuncArgs) -> Result<Value> {
         let v = values
             .next()
             .ok_or_else(|| format!("not enough arguments for `%{verb}`"))?;
-        match verb {
-            's' | 'v' | 't' => out.push_str(&match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }),
-            'd' => out.push_str(&integer(v, "a `%d` argument")?.to_string()),
-            'f' => out.push_str(&format!("{:.6}", number(v, "a `%f` argument")?)),
-            'q' => out.push_str(
-                &serde_json::to_string(&string(v, "a `%q` argument")?).unwrap_or_default(),
-            ),
+        let sign = |n: String| {
+            if plus && !n.starts_with('-') {
+                format!("+{n}")
+            } else {
+                n
+            }
+        };
+        let text = match verb {
+            's' | 'v' | 't' => {
+                let s = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                match precision {
+                    Some(p) => s.chars().take(p).collect(),
+                    None => s,
+                }
+            }
+            'd' => sign(integer(v, "a `%d` argument")?.to_string()),
+            'f' => sign(format!(
+                "{:.*}",
+                precision.unwrap_or(6),
+                number(v, "a `%f` argument")?
+            )),
+            'q' => serde_json::to_string(&string(v, "a `%q` argument")?).unwrap_or_default(),
             other => return Err(format!("unsupported format verb `%{other}`")),
+        };
+        let pad = width.unwrap_or(0).saturating_sub(text.chars().count());
+        if left {
+            out.push_str(&text);
+            out.push_str(&" ".repeat(pad));
+        } else if zero && matches!(verb, 'd' | 'f') {
+            let (sign, digits) = match text.strip_prefix(['-', '+']) {
+                Some(rest) => (&text[..1], rest),
+                None => ("", text.as_str()),
+            };
+            out.push_str(sign);
+            out.push_str(&"0".repeat(pad));
+            out.push_str(digits);
+        } else {
+            out.push_str(&" ".repeat(pad));
+            out.push_str(&text);
         }
     }
     if values.next().is_some() {
@@ -720,6 +822,14 @@ mod tests {
             ok(r#"regex_replace("a1b22", "[0-9]", "")"#),
             Value::from("ab")
         );
+        assert_eq!(ok(r#"regex("[0-9]+", "ab12cd34")"#), Value::from("12"));
+        assert_eq!(ok(r#"regex("(a)(b)?", "a")"#), hcl::value!(["a", null]));
+        assert_eq!(
+            ok(r#"regex("(?P<k>[a-z]+)=(?P<v>[0-9]+)", "x=1")"#),
+            hcl::value!({ k = "x", v = "1" })
+        );
+        assert!(eval(r#"regex("z", "abc")"#).is_err());
+        assert_eq!(ok(r#"regexall("[0-9]", "a1b2")"#), hcl::value!(["1", "2"]));
         assert_eq!(ok(r#"split(",", "a,b")"#), hcl::value!(["a", "b"]));
         assert_eq!(ok(r#"join("-", ["a", "b", 1])"#), Value::from("a-b-1"));
         assert_eq!(ok(r#"trimspace("  x \n")"#), Value::from("x"));
@@ -735,6 +845,11 @@ mod tests {
             Value::from("a-7-\"b\"-%")
         );
         assert!(eval(r#"format("%s %s", "a")"#).is_err());
+        assert_eq!(
+            ok(r#"format("[%03d|%-4s|%4s|%.2f|%+d|%.1s]", 7, "ab", "cd", 3.14159, 5, "xyz")"#),
+            Value::from("[007|ab  |  cd|3.14|+5|x]")
+        );
+        assert_eq!(ok(r#"format("%05d", -42)"#), Value::from("-0042"));
     }
 
     #[test]
