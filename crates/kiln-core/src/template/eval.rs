@@ -87,7 +87,8 @@ pub fn context<'a>(scope: &Scope, runtime: Option<&RuntimeVars>) -> Context<'a> 
 /// Evaluates expressions in one context and reports failures as diagnostics.
 pub struct Evaluator<'a> {
     pub ctx: Context<'a>,
-    /// Declared variable and local names, for "did you mean" hints.
+    /// Declared variable and local names, for "did you mean" hints. A declared name without a
+    /// value in the context failed earlier: references to it say so instead of "undeclared".
     pub var_names: Vec<String>,
     pub local_names: Vec<String>,
     /// When known, errors point at the failing reference inside the expression.
@@ -150,6 +151,16 @@ impl<'a> Evaluator<'a> {
             None => err.expr().map(|e| e.to_string()).unwrap_or_default(),
         };
         let (diag, needle) = match err.kind() {
+            ErrorKind::NoSuchKey(k)
+                if self.var_names.contains(k) && mentions(&text, &format!("var.{k}")) =>
+            {
+                unavailable(&format!("var.{k}"))
+            }
+            ErrorKind::NoSuchKey(k)
+                if self.local_names.contains(k) && mentions(&text, &format!("local.{k}")) =>
+            {
+                unavailable(&format!("local.{k}"))
+            }
             ErrorKind::NoSuchKey(k) if mentions(&text, &format!("var.{k}")) => {
                 let mut d =
                     Diagnostic::error(format!("reference to undeclared variable `var.{k}`"))
@@ -211,6 +222,17 @@ impl<'a> Evaluator<'a> {
         };
         diag.at(narrow(span, &text, &needle))
     }
+}
+
+/// The label of diagnostics about references to values that failed earlier; `plan` keeps one
+/// per reference.
+pub const UNAVAILABLE: &str = "no value because of an earlier error";
+
+fn unavailable(reference: &str) -> (Diagnostic, String) {
+    (
+        Diagnostic::error(format!("`{reference}` cannot be used")).with_label(UNAVAILABLE),
+        reference.to_string(),
+    )
 }
 
 /// Replaces `can(x)` and `try(a, b, ...)` calls by their results. They must see the errors of

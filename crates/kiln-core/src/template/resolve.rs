@@ -14,7 +14,7 @@ use crate::plan::{
     RawBlock, Scope,
 };
 
-use super::eval::{base_context, context, narrow, Evaluator};
+use super::eval::{base_context, context, narrow, Evaluator, UNAVAILABLE};
 use super::model::{BuildBlock, Local, Model, Source, SourceRef};
 use super::vars::{self, string_leaves};
 use super::{LoadOptions, Loaded};
@@ -115,11 +115,15 @@ pub fn plan(
     (Some(plan), diags)
 }
 
-/// Removes repeated diagnostics (a body shared by several builds is checked once per build).
+/// Removes repeated diagnostics (a body shared by several builds is checked once per build), and
+/// keeps one "cannot be used" error per reference to a value that failed earlier.
 fn dedup(diags: Diagnostics) -> Diagnostics {
     let mut out = Diagnostics::new();
     for d in diags.0 {
-        if !out.0.contains(&d) {
+        let repeated = out.0.iter().any(|o| {
+            *o == d || (d.label.as_deref() == Some(UNAVAILABLE) && o.message == d.message)
+        });
+        if !repeated {
             out.push(d);
         }
     }
@@ -192,7 +196,7 @@ fn resolve_locals(
         }
         let eval = Evaluator {
             ctx: base_context(var, &values, root, cwd),
-            var_names: var.keys().cloned().collect(),
+            var_names: model.variables.iter().map(|v| v.name.clone()).collect(),
             local_names: names.iter().map(|n| n.to_string()).collect(),
             sources: Some(sources),
         };
@@ -360,7 +364,17 @@ impl Resolver<'_, '_> {
             return None;
         };
         let body = merge(&source.body, source_ref.overrides.as_ref());
-        let eval = Evaluator::new(context(&scope, None), &scope, Some(self.sources));
+        let eval = Evaluator {
+            ctx: context(&scope, None),
+            var_names: self
+                .model
+                .variables
+                .iter()
+                .map(|v| v.name.clone())
+                .collect(),
+            local_names: self.model.locals.iter().map(|l| l.name.clone()).collect(),
+            sources: Some(self.sources),
+        };
         // Unknown source types are reported once, for all sources, by `plan`.
         if let Some(kind) = self.registry.builders.get(source.ty.as_str()) {
             let what = format!("source `{}.{}`", source.ty, source.name);
