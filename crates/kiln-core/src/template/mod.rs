@@ -47,6 +47,9 @@ pub struct Template {
     pub model: Model,
     /// Automatic var files (lexical order), then `-var-file` files (command-line order).
     pub var_files: Vec<VarFile>,
+    /// Some file could not be read or parsed, so the model is incomplete: [`plan`] then reports
+    /// only the loading problems, since references into the missing parts would all fail.
+    pub incomplete: bool,
 }
 
 /// The result of [`load`]: never fails; problems are in `diagnostics`.
@@ -109,16 +112,20 @@ pub fn load(opts: &LoadOptions) -> Loaded {
                     }
                 }
                 if files.is_empty() {
+                    template.incomplete = true;
                     diags.push(Diagnostic::error(format!(
                         "no template files (`*.pkr.hcl`, `*.pkr.json`) in `{}`",
                         path.display()
                     )));
                 }
             }
-            Err(e) => diags.push(Diagnostic::error(format!(
-                "cannot read directory `{}`: {e}",
-                path.display()
-            ))),
+            Err(e) => {
+                template.incomplete = true;
+                diags.push(Diagnostic::error(format!(
+                    "cannot read directory `{}`: {e}",
+                    path.display()
+                )))
+            }
         }
     } else {
         template.root = path
@@ -131,6 +138,7 @@ pub fn load(opts: &LoadOptions) -> Loaded {
 
     for file in &files {
         let Some((id, text)) = read(&mut sources, file, &mut diags) else {
+            template.incomplete = true;
             continue;
         };
         let body = if is_json(file) {
@@ -138,8 +146,9 @@ pub fn load(opts: &LoadOptions) -> Loaded {
         } else {
             parse::parse_hcl(id, &text, &mut diags)
         };
-        if let Some(body) = body {
-            template.model.add_file(&body, &mut diags);
+        match body {
+            Some(body) => template.model.add_file(&body, &mut diags),
+            None => template.incomplete = true,
         }
     }
 
@@ -153,6 +162,7 @@ pub fn load(opts: &LoadOptions) -> Loaded {
             }));
     for (file, auto) in var_files {
         let Some((id, text)) = read(&mut sources, &file, &mut diags) else {
+            template.incomplete = true;
             continue;
         };
         let body = if is_json(&file) {
@@ -160,7 +170,10 @@ pub fn load(opts: &LoadOptions) -> Loaded {
         } else {
             parse::parse_hcl(id, &text, &mut diags)
         };
-        let Some(body) = body else { continue };
+        let Some(body) = body else {
+            template.incomplete = true;
+            continue;
+        };
         for block in &body.blocks {
             diags.push(
                 Diagnostic::error(format!("unexpected block `{}` in a var file", block.ident))

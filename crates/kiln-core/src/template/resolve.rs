@@ -25,6 +25,9 @@ pub fn plan(
     registry: &Registry,
 ) -> (Option<BuildPlan>, Diagnostics) {
     let mut diags = loaded.diagnostics.clone();
+    if loaded.template.incomplete {
+        return (None, diags);
+    }
     let sources = loaded.sources.as_ref();
     let template = &loaded.template;
     let model = &template.model;
@@ -487,7 +490,7 @@ impl Resolver<'_, '_> {
                             "sources of this build: {}",
                             names
                                 .iter()
-                                .filter(|n| n.contains('.'))
+                                .filter(|n| n.contains('.') && !n.starts_with("source."))
                                 .cloned()
                                 .collect::<Vec<_>>()
                                 .join(", ")
@@ -747,14 +750,21 @@ fn source_names(block: &BuildBlock) -> Vec<String> {
     block.sources.iter().flat_map(this_source).collect()
 }
 
-/// The names of one source: `TYPE.NAME` and `NAME`, plus the renamed forms.
+/// The names of one source: `TYPE.NAME`, `NAME` and `source.TYPE.NAME`, also with its new name
+/// when the build renames it.
 fn this_source(r: &SourceRef) -> Vec<String> {
-    let mut out = vec![format!("{}.{}", r.ty, r.name), r.name.clone()];
-    if let Some(rename) = &r.rename {
-        out.push(format!("{}.{rename}", r.ty));
-        out.push(rename.clone());
-    }
-    out
+    let mut names = vec![r.name.clone()];
+    names.extend(r.rename.clone());
+    names
+        .into_iter()
+        .flat_map(|n| {
+            [
+                format!("{}.{n}", r.ty),
+                n.clone(),
+                format!("source.{}.{n}", r.ty),
+            ]
+        })
+        .collect()
 }
 
 /// The source body with a build's `source` block merged in: attributes replace attributes, and
