@@ -291,8 +291,9 @@ fn find_ref(text: &str, reference: &str) -> Option<usize> {
         let after = text[i + reference.len()..].chars().next();
         let before = text[..i].chars().next_back();
         let ident = |c: char| c.is_alphanumeric() || c == '_' || c == '-';
-        !after.is_some_and(ident) && !before.is_some_and(|c| ident(c) || c == '.')
-            || reference.ends_with('(') && !before.is_some_and(ident)
+        let starts_clean = !before.is_some_and(|c| ident(c) || c == '.');
+        let ends_clean = reference.ends_with('(') || !after.is_some_and(ident);
+        starts_clean && ends_clean
     })
 }
 
