@@ -784,7 +784,7 @@ fn merge(base: &ConfigBody, overrides: Option<&ConfigBody>) -> ConfigBody {
     out
 }
 
-/// Reports attributes and blocks that the component does not have.
+/// Reports attributes and blocks that the component does not have, and missing required ones.
 fn check_options(body: &ConfigBody, what: &str, options: &[OptionSpec], diags: &mut Diagnostics) {
     let blocks: Vec<&str> = options
         .iter()
@@ -793,6 +793,20 @@ fn check_options(body: &ConfigBody, what: &str, options: &[OptionSpec], diags: &
         .collect();
     let attrs: Vec<&str> = options.iter().map(|o| o.name).collect();
     super::model::check_body(body, what, &attrs, &blocks, diags);
+    for opt in options.iter().filter(|o| o.required) {
+        let present = body.attrs.iter().any(|a| a.key == opt.name)
+            || body.blocks.iter().any(|b| b.ident == opt.name);
+        if !present {
+            diags.push(
+                Diagnostic::error(format!(
+                    "{what} is missing the required option `{}`",
+                    opt.name
+                ))
+                .at(body.span)
+                .with_help(format!("`{}` ({}): {}", opt.name, opt.ty, opt.doc)),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
