@@ -20,8 +20,8 @@ use kiln_core::plan::{
     RawAttr, Scope,
 };
 use kiln_core::runner::{
-    run_plan, run_steps, BuildCtx, BuildError, Cancel, CleanupCtx, Leftover, OnError, RunOptions,
-    RunSummary, Step,
+    run_plan, run_steps, AskAnswer, Asker, BuildCtx, BuildError, Cancel, CleanupCtx, Leftover,
+    OnError, RunOptions, RunSummary, Step,
 };
 use kiln_core::BoxError;
 use proptest::prelude::*;
@@ -1045,4 +1045,101 @@ async fn cancellation_stops_builds_and_runs_cleanups() {
             ..
         })
     ));
+}
+
+/// Answers every question with `answer` and counts the questions.
+struct CountingAsker {
+    answer: AskAnswer,
+    questions: Mutex<Vec<(String, String)>>,
+}
+
+impl Asker for CountingAsker {
+    fn ask(&self, build: &str, error: &str) -> AskAnswer {
+        self.questions
+            .lock()
+            .unwrap()
+            .push((build.to_string(), error.to_string()));
+        self.answer
+    }
+}
+
+#[tokio::test]
+async fn ask_asks_once_per_failure_and_follows_the_answer() {
+    for answer in [AskAnswer::Cleanup, AskAnswer::Abort] {
+        let h = Harness::new();
+        let asker = Arc::new(CountingAsker {
+            answer,
+            questions: Mutex::new(Vec::new()),
+        });
+        let opts = RunOptions {
+            on_error: OnError::Ask,
+            asker: Some(asker.clone()),
+            ..RunOptions::default()
+        };
+        let (summary, _) = h.run(&failing_build_with_error_cleanup(&h), opts).await;
+        assert!(!summary.builds[0].ok);
+        let questions = asker.questions.lock().unwrap().clone();
+        assert_eq!(questions.len(), 1, "{answer:?}: {questions:?}");
+        assert_eq!(questions[0].0, "test.a");
+        assert!(
+            questions[0]
+                .1
+                .contains("attempt 1 of fails failed; password <sensitive>"),
+            "{questions:?}"
+        );
+        let cleaned = answer == AskAnswer::Cleanup;
+        let error_cleanup_ran = h.record.whats().contains(&"none attempt 1".to_string());
+        assert_eq!(error_cleanup_ran, cleaned, "{answer:?}");
+        assert_eq!(!h.work_file("a").exists(), cleaned, "{answer:?}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_builder_type_is_a_configuration_error() {
+    let h = Harness::new();
+    let mut b = h.build("a");
+    b.source_type = "qemu".to_string();
+    let (summary, events) = h.run(&plan(vec![b]), RunOptions::default()).await;
+    assert_eq!(
+        summary.builds[0].error,
+        ["invalid configuration", "unknown builder type `qemu`"]
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        EventKind::BuildFinished {
+            ok: false,
+            cancelled: false,
+            error: Some(_),
+            ..
+        }
+    )));
+}
+
+#[tokio::test]
+async fn pause_before_is_cut_short_by_cancellation() {
+    let h = Harness::new();
+    let mut b = h.build("a");
+    let mut spec = provisioner(vec![("label", "late".into())]);
+    spec.pause_before = Some(Duration::from_secs(3600));
+    b.provisioners = vec![spec];
+    let opts = RunOptions::default();
+    let cancel = opts.cancel.clone();
+    let p = plan(vec![b]);
+    let (events, mut rx) = EventSink::channel(Uuid::new_v4(), Redactor::default());
+    let watch = async {
+        while let Some(ev) = rx.recv().await {
+            if matches!(&ev.kind, EventKind::Message { text, .. } if text.starts_with("pausing")) {
+                cancel.cancel.cancel();
+                break;
+            }
+        }
+    };
+    let (summary, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(run_plan(&p, &h.registry, opts, events), watch)
+    })
+    .await
+    .expect("run_plan hung");
+    assert!(summary.cancelled && summary.builds[0].cancelled);
+    assert!(h.record.whats().iter().all(|w| !w.starts_with("late")));
+    assert!(!h.work_file("a").exists());
 }

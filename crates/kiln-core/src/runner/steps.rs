@@ -233,3 +233,100 @@ fn report_leftovers<S: Send>(step: &dyn Step<S>, state: &S, ctx: &BuildCtx) -> V
     }
     leftovers
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::event::{EventSink, Redactor};
+    use crate::runner::{Cancel, OnError};
+
+    /// A step whose cleanup takes `cleanup_takes` and records that it finished.
+    struct Slow {
+        name: &'static str,
+        cleanup_takes: Duration,
+        finished: &'static Mutex<Vec<&'static str>>,
+    }
+
+    #[async_trait]
+    impl Step<()> for Slow {
+        fn name(&self) -> &str {
+            self.name
+        }
+        async fn run(&self, _: &mut (), _: &BuildCtx) -> Result<(), crate::BoxError> {
+            Ok(())
+        }
+        async fn cleanup(&self, _: &mut (), _: &CleanupCtx<'_>) -> Result<(), crate::BoxError> {
+            tokio::time::sleep(self.cleanup_takes).await;
+            self.finished.lock().unwrap().push(self.name);
+            Ok(())
+        }
+        fn leftovers(&self, _: &()) -> Vec<Leftover> {
+            vec![Leftover {
+                what: format!("vm of {}", self.name),
+                how_to_reach: Some("ssh -p 2222 127.0.0.1".to_string()),
+            }]
+        }
+    }
+
+    #[tokio::test]
+    async fn overrunning_cleanup_is_reported_and_others_still_run() {
+        static FINISHED: Mutex<Vec<&str>> = Mutex::new(Vec::new());
+        let (events, mut rx) = EventSink::channel(uuid::Uuid::nil(), Redactor::default());
+        let ctx = BuildCtx {
+            run_id: uuid::Uuid::nil(),
+            build_name: "null.a".to_string(),
+            source_type: "null".to_string(),
+            source_name: "a".to_string(),
+            events,
+            cancel: Cancel::new(),
+            on_error: OnError::Cleanup,
+            asker: None,
+            template_dir: PathBuf::from("."),
+            force: false,
+        };
+        let quick = |name| Slow {
+            name,
+            cleanup_takes: Duration::ZERO,
+            finished: &FINISHED,
+        };
+        let (first, last) = (quick("first"), quick("last"));
+        let stuck = Slow {
+            name: "stuck",
+            cleanup_takes: Duration::from_secs(3600),
+            finished: &FINISHED,
+        };
+        let steps: [&dyn Step<()>; 3] = [&first, &stuck, &last];
+        let deadline = Duration::from_millis(20);
+        let err = run_steps_within(&steps, &mut (), &ctx, deadline)
+            .await
+            .unwrap_err();
+        assert_eq!(*FINISHED.lock().unwrap(), ["last", "first"]);
+        match &err {
+            BuildError::Cleanup { left_behind, .. } => assert_eq!(left_behind, &["vm of stuck"]),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            error_chain(&err),
+            [
+                "cleanup failed; these may be left behind: vm of stuck",
+                "cleanup of step `stuck` did not finish within 20ms"
+            ]
+        );
+        let mut leftovers = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            if let EventKind::Leftover { what, how_to_reach } = ev.kind {
+                leftovers.push((what, how_to_reach.unwrap_or_default()));
+            }
+        }
+        assert_eq!(
+            leftovers,
+            [(
+                "vm of stuck".to_string(),
+                "ssh -p 2222 127.0.0.1".to_string()
+            )]
+        );
+    }
+}
