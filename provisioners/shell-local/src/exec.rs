@@ -17,6 +17,15 @@ use tokio::process::{Child, Command};
 use crate::config::{Settings, Work};
 use crate::TYPE_NAME;
 
+/// Held while a script is written and while a process is spawned. A child forked while another
+/// thread still has a script open for writing inherits that descriptor until it execs, and
+/// executing the script then fails with "text file busy" (ETXTBSY); parallel builds hit this.
+pub(crate) static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn spawn_lock() -> std::sync::MutexGuard<'static, ()> {
+    SPAWN_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// How long a cancelled process group gets between SIGTERM and SIGKILL (unless hurried).
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
@@ -124,6 +133,7 @@ fn write_inline(
         "" => String::new(),
         ext => format!(".{ext}"),
     };
+    let _no_spawn = spawn_lock();
     let mut file = tempfile::Builder::new()
         .prefix("kiln-shell-local-")
         .suffix(&suffix)
@@ -196,20 +206,24 @@ async fn run_script(
         .iter()
         .map(|a| render_arg(a, &vars, script))
         .collect();
-    let mut child = Command::new(&argv[0])
+    let mut command = Command::new(&argv[0]);
+    command
         .args(&argv[1..])
         .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| ShellLocalError::Spawn {
-            program: argv[0].clone(),
-            what: what.to_string(),
-            source,
-        })?;
+        .kill_on_drop(true);
+    let spawned = {
+        let _no_writes = spawn_lock();
+        command.spawn()
+    };
+    let mut child = spawned.map_err(|source| ShellLocalError::Spawn {
+        program: argv[0].clone(),
+        what: what.to_string(),
+        source,
+    })?;
     let mut guard = GroupGuard {
         pgid: child.id().map(|pid| pid as i32),
     };

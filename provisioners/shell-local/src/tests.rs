@@ -113,6 +113,7 @@ fn stdout(lines: &[(OutputStream, String)]) -> Vec<&str> {
 
 fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
+    let _no_spawn = crate::exec::SPAWN_LOCK.lock().unwrap();
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
