@@ -105,7 +105,7 @@ async fn writes_a_packer_manifest_and_passes_the_artifact_on() {
         b["files"],
         json!([{ "name": "output/disk.qcow2", "size": 42, "sha256": "ab".repeat(32) }])
     );
-    assert!(stray_files(&out.parent().unwrap(), "manifest.json").is_empty());
+    assert!(stray_files(out.parent().unwrap(), "manifest.json").is_empty());
 }
 
 #[tokio::test]
