@@ -381,9 +381,7 @@ fn register_adds_both_kinds() {
 }
 
 fn assert_documented(page: &str, options: &[kiln_core::component::OptionSpec]) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(page);
+    let path = manifest_dir().join("../..").join(page);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     for opt in options {
@@ -402,4 +400,11 @@ fn every_option_is_documented() {
         "docs/post-processors/shell-local.md",
         POST_PROCESSOR_OPTIONS,
     );
+}
+
+/// This crate's directory. Cargo sets `CARGO_MANIFEST_DIR` when it runs tests; the compile-time
+/// value can name another checkout when several share one target directory.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
