@@ -138,7 +138,6 @@ fn build_ctx() -> BuildCtx {
 }
 
 #[tokio::test]
-#[ignore = "needs runner::run_steps from the runner branch; run with --include-ignored after the merge"]
 async fn run_provisions_once_and_returns_the_null_artifact() {
     let builder = NullKind.configure(&config(json!({}))).unwrap();
     let hook = CountingHook::default();
@@ -150,7 +149,6 @@ async fn run_provisions_once_and_returns_the_null_artifact() {
 }
 
 #[tokio::test]
-#[ignore = "needs runner::run_steps from the runner branch; run with --include-ignored after the merge"]
 async fn provisioner_failure_fails_the_build() {
     let builder = NullKind.configure(&config(json!({}))).unwrap();
     let err = builder.run(&build_ctx(), &FailingHook).await.unwrap_err();
