@@ -5,7 +5,7 @@
 //! Every event passes through the [`Redactor`] of its [`EventSink`] before it leaves the engine,
 //! so no consumer can see a sensitive value.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -153,6 +153,11 @@ impl Redactor {
         self.values.is_empty()
     }
 
+    /// This redactor with `more` values added.
+    pub fn extended(&self, more: impl IntoIterator<Item = String>) -> Redactor {
+        Redactor::new(self.values.iter().cloned().chain(more))
+    }
+
     /// Returns `text` with every sensitive value replaced by [`REDACTED`].
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
@@ -229,13 +234,15 @@ impl EventKind {
     }
 }
 
-/// Where engine code sends events. Cheap to clone; each clone may be bound to a build.
+/// Where engine code sends events. Cheap to clone; each clone may be bound to a build. All clones
+/// of one sink share one redactor, so a secret learned at run time ([`EventSink::add_secrets`])
+/// is redacted from every event emitted afterwards, whichever clone emits it.
 #[derive(Debug, Clone)]
 pub struct EventSink {
     tx: mpsc::UnboundedSender<Event>,
     run_id: Uuid,
     build: Option<String>,
-    redactor: Arc<Redactor>,
+    redactor: Arc<RwLock<Redactor>>,
 }
 
 impl EventSink {
@@ -250,7 +257,7 @@ impl EventSink {
                 tx,
                 run_id,
                 build: None,
-                redactor: Arc::new(redactor),
+                redactor: Arc::new(RwLock::new(redactor)),
             },
             rx,
         )
@@ -260,8 +267,39 @@ impl EventSink {
         self.run_id
     }
 
-    pub fn redactor(&self) -> &Redactor {
-        &self.redactor
+    /// The redactor as it is now (secrets added later are not in the returned copy).
+    pub fn redactor(&self) -> Redactor {
+        self.redactor
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Adds values to redact from now on, for every clone of this sink: secrets known only at run
+    /// time, such as a generated SSH key or password. Multi-line values (keys) are also redacted
+    /// line by line, because output events carry one line each.
+    pub fn add_secrets(&self, values: impl IntoIterator<Item = String>) {
+        let mut more = Vec::new();
+        for value in values {
+            if value.contains('\n') {
+                more.extend(
+                    value
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string),
+                );
+            }
+            more.push(value);
+        }
+        if more.iter().all(String::is_empty) {
+            return;
+        }
+        let mut redactor = self
+            .redactor
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *redactor = redactor.extended(more);
     }
 
     /// A sink whose events carry `build`.
@@ -273,9 +311,14 @@ impl EventSink {
     }
 
     pub fn emit(&self, mut kind: EventKind) {
-        if !self.redactor.is_empty() {
-            let r = &self.redactor;
-            kind.map_text(&|s| r.redact(s));
+        {
+            let r = self
+                .redactor
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !r.is_empty() {
+                kind.map_text(&|s| r.redact(s));
+            }
         }
         // A closed receiver means nobody is listening any more (the CLI is exiting).
         let _ = self.tx.send(Event {
@@ -343,6 +386,18 @@ mod tests {
         let ev = rx.try_recv().unwrap();
         match ev.kind {
             EventKind::Output { line, .. } => assert_eq!(line, "the <sensitive> is <sensitive>"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn secrets_added_later_are_redacted_by_every_clone() {
+        let (sink, mut rx) = EventSink::channel(Uuid::nil(), Redactor::default());
+        let build = sink.for_build("null.a");
+        build.add_secrets(["-----BEGIN KEY-----\nAAAAbbbbCCCC\n-----END KEY-----".to_string()]);
+        sink.message(Level::Info, "line AAAAbbbbCCCC");
+        match rx.try_recv().unwrap().kind {
+            EventKind::Message { text, .. } => assert_eq!(text, "line <sensitive>"),
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -5,14 +5,19 @@
 //! [`run_steps`] pushes each step on the cleanup stack *before* running it, so a step that fails
 //! half-way is cleaned up too; cleanups run in reverse order under their own deadline, never
 //! under the cancelled token.
+//!
+//! [`run_plan`] runs the builds of a plan concurrently; for each it configures the builder, hands
+//! it a [`ProvisionHook`](crate::component::ProvisionHook) that runs the build's provisioners
+//! (`provision.rs`), then runs the post-processor chains.
 
 mod cancel;
+mod provision;
 mod run;
 mod steps;
 
 pub use cancel::Cancel;
 pub use run::{run_plan, BuildOutcome, RunOptions, RunSummary};
-pub use steps::{run_steps, CleanupCtx, Leftover, Step};
+pub use steps::{run_steps, CleanupCtx, CleanupError, Leftover, Step, CLEANUP_DEADLINE};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -98,4 +103,54 @@ pub enum BuildError {
         #[source]
         source: crate::BoxError,
     },
+}
+
+impl BuildError {
+    /// True when the build stopped because it was cancelled (possibly inside a step).
+    pub fn is_cancelled(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(err) = cur {
+            if matches!(
+                err.downcast_ref::<BuildError>(),
+                Some(BuildError::Cancelled)
+            ) {
+                return true;
+            }
+            cur = err.source();
+        }
+        false
+    }
+}
+
+/// An error and its causes, one message per element, outermost first.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut chain = vec![err.to_string()];
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        chain.push(e.to_string());
+        cur = e.source();
+    }
+    chain
+}
+
+/// What the `on_error` policy says to do after `error`: clean up or leave things in place.
+/// `Ask` asks the build's [`Asker`] (cleanup when there is none), except after a cancellation:
+/// the user already said to stop, so the build cleans up without a question.
+pub(crate) async fn on_error_answer(ctx: &BuildCtx, error: &BuildError) -> AskAnswer {
+    match ctx.on_error {
+        OnError::Cleanup => AskAnswer::Cleanup,
+        OnError::Abort | OnError::RunCleanupProvisioner => AskAnswer::Abort,
+        OnError::Ask if error.is_cancelled() => AskAnswer::Cleanup,
+        OnError::Ask => {
+            let Some(asker) = ctx.asker.clone() else {
+                return AskAnswer::Cleanup;
+            };
+            let build = ctx.build_name.clone();
+            let text = ctx.events.redactor().redact(&error_chain(error).join(": "));
+            // The asker blocks on the terminal; keep it off the runtime's worker threads.
+            tokio::task::spawn_blocking(move || asker.ask(&build, &text))
+                .await
+                .unwrap_or(AskAnswer::Cleanup)
+        }
+    }
 }
