@@ -381,15 +381,16 @@ impl Resolver<'_, '_> {
         // Unknown source types are reported once, for all sources, by `plan`.
         if let Some(kind) = self.registry.builders.get(source.ty.as_str()) {
             let what = format!("source `{}.{}`", source.ty, source.name);
-            let mut diags = Diagnostics::new();
-            check_options(&body, &what, kind.options(), &mut diags);
-            let config = eval.body(&body, &source.ty, &mut diags);
-            if diags.is_empty() {
-                if let Err(e) = kind.configure(&config) {
-                    diags.extend(e);
+            if let Some(known) = check_options(&body, &what, kind.options(), self.diags) {
+                let mut diags = Diagnostics::new();
+                let config = eval.body(&known, &source.ty, &mut diags);
+                if diags.is_empty() {
+                    if let Err(e) = kind.configure(&config) {
+                        diags.extend(e);
+                    }
                 }
+                self.diags.extend(diags);
             }
-            self.diags.extend(diags);
         }
 
         let names = source_names(block);
@@ -586,10 +587,10 @@ impl Resolver<'_, '_> {
                     Family::Provisioner => format!("provisioner `{ty}`"),
                     Family::PostProcessor => format!("post-processor `{ty}`"),
                 };
+                let known = check_options(&body, &label, options, self.diags);
                 let mut diags = Diagnostics::new();
-                check_options(&body, &label, options, &mut diags);
-                let config = eval.body(&body, &ty, &mut diags);
-                if diags.is_empty() {
+                let config = eval.body(known.as_ref().unwrap_or(&body), &ty, &mut diags);
+                if known.is_some() && diags.is_empty() {
                     let configured = match family {
                         Family::Provisioner => self.registry.provisioners[ty.as_str()]
                             .configure(&config)
@@ -785,7 +786,14 @@ fn merge(base: &ConfigBody, overrides: Option<&ConfigBody>) -> ConfigBody {
 }
 
 /// Reports attributes and blocks that the component does not have, and missing required ones.
-fn check_options(body: &ConfigBody, what: &str, options: &[OptionSpec], diags: &mut Diagnostics) {
+/// Returns the body without the unknown ones, so the component can still check the rest, or
+/// `None` when a required option is missing (the component would only repeat that).
+fn check_options(
+    body: &ConfigBody,
+    what: &str,
+    options: &[OptionSpec],
+    diags: &mut Diagnostics,
+) -> Option<ConfigBody> {
     let blocks: Vec<&str> = options
         .iter()
         .filter(|o| o.ty == "block")
@@ -793,10 +801,12 @@ fn check_options(body: &ConfigBody, what: &str, options: &[OptionSpec], diags: &
         .collect();
     let attrs: Vec<&str> = options.iter().map(|o| o.name).collect();
     super::model::check_body(body, what, &attrs, &blocks, diags);
+    let mut complete = true;
     for opt in options.iter().filter(|o| o.required) {
         let present = body.attrs.iter().any(|a| a.key == opt.name)
             || body.blocks.iter().any(|b| b.ident == opt.name);
         if !present {
+            complete = false;
             diags.push(
                 Diagnostic::error(format!(
                     "{what} is missing the required option `{}`",
@@ -807,6 +817,10 @@ fn check_options(body: &ConfigBody, what: &str, options: &[OptionSpec], diags: &
             );
         }
     }
+    let mut known = body.clone();
+    known.attrs.retain(|a| attrs.contains(&a.key.as_str()));
+    known.blocks.retain(|b| blocks.contains(&b.ident.as_str()));
+    complete.then_some(known)
 }
 
 #[cfg(test)]
