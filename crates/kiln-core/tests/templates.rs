@@ -610,3 +610,17 @@ fn runtime_evaluation_fills_build_values() {
         serde_json::json!(["echo images renamed debug-img", "echo 10.0.2.15"])
     );
 }
+
+#[test]
+fn every_function_is_documented() {
+    let docs = std::fs::read_to_string(crate_dir().join("../../docs/templates.md")).unwrap();
+    let missing: Vec<&str> = template::FUNCTIONS
+        .iter()
+        .copied()
+        .filter(|f| !docs.contains(&format!("`{f}(")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "functions missing from docs/templates.md: {missing:?}"
+    );
+}

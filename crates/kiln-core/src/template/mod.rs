@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 pub mod eval;
 mod funcs;
+mod json;
 pub mod model;
 mod parse;
 mod resolve;
@@ -142,7 +143,7 @@ pub fn load(opts: &LoadOptions) -> Loaded {
             continue;
         };
         let body = if is_json(file) {
-            parse::parse_json(id, &text, &mut diags)
+            json::parse_template(id, &text, &mut diags)
         } else {
             parse::parse_hcl(id, &text, &mut diags)
         };
@@ -166,7 +167,7 @@ pub fn load(opts: &LoadOptions) -> Loaded {
             continue;
         };
         let body = if is_json(&file) {
-            parse::parse_json_values(id, &text, &mut diags)
+            json::parse_values(id, &text, &mut diags)
         } else {
             parse::parse_hcl(id, &text, &mut diags)
         };
