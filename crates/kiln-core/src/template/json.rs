@@ -94,7 +94,7 @@ impl Reader<'_> {
                 let number: serde_json::Number =
                     self.text[self.pos..self.pos + len].parse().ok()?;
                 self.pos += len;
-                Json::Number(hcl::to_value(number).ok()?.as_number()?.clone())
+                Json::Number(*hcl::to_value(number).ok()?.as_number()?)
             }
         };
         Some(Node {
@@ -128,7 +128,7 @@ fn expression(node: &Node) -> Expression {
     match &node.value {
         Json::Null => Expression::Null,
         Json::Bool(b) => Expression::Bool(*b),
-        Json::Number(n) => Expression::Number(n.clone()),
+        Json::Number(n) => Expression::Number(*n),
         Json::String(s) if s.contains("${") || s.contains("%{") => {
             Expression::TemplateExpr(Box::new(TemplateExpr::QuotedString(s.clone())))
         }
