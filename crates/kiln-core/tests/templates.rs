@@ -624,3 +624,44 @@ fn every_function_is_documented() {
         "functions missing from docs/templates.md: {missing:?}"
     );
 }
+
+// ---- Loading never fails: damaged templates give diagnostics, never a panic ----
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn damaged_templates_never_panic(
+        which in 0usize..1000,
+        cut in 0usize..4000,
+        len in 0usize..40,
+        insert in "[{}\\[\\]\"$%=.,:a-z0-9 \n\u{e9}\u{1F600}]{0,12}",
+    ) {
+        let mut fixtures: Vec<PathBuf> = ["valid", "invalid"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(crate_dir().join("tests/fixtures").join(d)).unwrap())
+            .map(|e| e.unwrap().path())
+            .filter(|p| is_fixture(p))
+            .collect();
+        fixtures.sort();
+        let path = &fixtures[which % fixtures.len()];
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut start = cut.min(text.len());
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        let mut end = (start + len).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let damaged = format!("{}{insert}{}", &text[..start], &text[end..]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(path.file_name().unwrap());
+        std::fs::write(&file, damaged).unwrap();
+        let opts = LoadOptions { path: file, ..LoadOptions::default() };
+        let loaded = template::load(&opts);
+        let (plan, diags) = template::plan(&loaded, &opts, &registry());
+        let rendered = diag::render(&loaded.sources, &diags, false);
+        proptest::prop_assert!(plan.is_some() || diags.has_errors(), "{rendered}");
+    }
+}

@@ -15,7 +15,10 @@ fn span(file: FileId, range: Option<Range<usize>>, fallback: Span) -> Span {
 
 /// A parse error as a diagnostic pointing at the offending character.
 fn parse_error(file: FileId, text: &str, err: &hcl_edit::parser::Error) -> Diagnostic {
-    let offset = err.location().offset().min(text.len());
+    let mut offset = err.location().offset().min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let end = text[offset..]
         .chars()
         .next()
