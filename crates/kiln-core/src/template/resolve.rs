@@ -76,6 +76,14 @@ pub fn plan(
             );
         }
     }
+    let base = Scope {
+        var: resolved.values.clone(),
+        local: locals.clone(),
+        path_root: root.clone(),
+        path_cwd: cwd.clone(),
+        ..Scope::default()
+    };
+    ctx.check_unused_sources(&base);
     let mut builds = Vec::new();
     for block in &model.builds {
         for source_ref in &block.sources {
@@ -337,7 +345,7 @@ struct Resolver<'a, 'd> {
     reported_types: BTreeSet<(u32, usize)>,
 }
 
-impl Resolver<'_, '_> {
+impl<'a> Resolver<'a, '_> {
     fn build(&mut self, block: &BuildBlock, source_ref: &SourceRef, scope: Scope) -> Option<Build> {
         let Some(source) = find_source(self.model, source_ref) else {
             let refs: Vec<String> = self
@@ -367,31 +375,8 @@ impl Resolver<'_, '_> {
             return None;
         };
         let body = merge(&source.body, source_ref.overrides.as_ref());
-        let eval = Evaluator {
-            ctx: context(&scope, None),
-            var_names: self
-                .model
-                .variables
-                .iter()
-                .map(|v| v.name.clone())
-                .collect(),
-            local_names: self.model.locals.iter().map(|l| l.name.clone()).collect(),
-            sources: Some(self.sources),
-        };
-        // Unknown source types are reported once, for all sources, by `plan`.
-        if let Some(kind) = self.registry.builders.get(source.ty.as_str()) {
-            let what = format!("source `{}.{}`", source.ty, source.name);
-            if let Some(known) = check_options(&body, &what, kind.options(), self.diags) {
-                let mut diags = Diagnostics::new();
-                let config = eval.body(&known, &source.ty, &mut diags);
-                if diags.is_empty() {
-                    if let Err(e) = kind.configure(&config) {
-                        diags.extend(e);
-                    }
-                }
-                self.diags.extend(diags);
-            }
-        }
+        let eval = self.evaluator(&scope);
+        self.check_builder(source, &body, &eval);
 
         let names = source_names(block);
         let this = this_source(source_ref);
@@ -435,6 +420,61 @@ impl Resolver<'_, '_> {
             post_processors,
             scope,
         })
+    }
+
+    fn evaluator(&self, scope: &Scope) -> Evaluator<'a> {
+        Evaluator {
+            ctx: context(scope, None),
+            var_names: self
+                .model
+                .variables
+                .iter()
+                .map(|v| v.name.clone())
+                .collect(),
+            local_names: self.model.locals.iter().map(|l| l.name.clone()).collect(),
+            sources: Some(self.sources),
+        }
+    }
+
+    /// Checks a source body's options, evaluates it and lets the builder decode it. Unknown
+    /// source types are reported once, for all sources, by `plan`.
+    fn check_builder(&mut self, source: &Source, body: &ConfigBody, eval: &Evaluator<'_>) {
+        let Some(kind) = self.registry.builders.get(source.ty.as_str()) else {
+            return;
+        };
+        let what = format!("source `{}.{}`", source.ty, source.name);
+        if let Some(known) = check_options(body, &what, kind.options(), self.diags) {
+            let mut diags = Diagnostics::new();
+            let config = eval.body(&known, &source.ty, &mut diags);
+            if diags.is_empty() {
+                if let Err(e) = kind.configure(&config) {
+                    diags.extend(e);
+                }
+            }
+            self.diags.extend(diags);
+        }
+    }
+
+    /// Checks the sources no build uses, so that `kiln validate` still reports their problems.
+    fn check_unused_sources(&mut self, scope: &Scope) {
+        let model = self.model;
+        for source in &model.sources {
+            let used = model.builds.iter().any(|b| {
+                b.sources
+                    .iter()
+                    .any(|r| r.ty == source.ty && r.name == source.name)
+            });
+            if used {
+                continue;
+            }
+            let scope = Scope {
+                source_type: source.ty.clone(),
+                source_name: source.name.clone(),
+                ..scope.clone()
+            };
+            let eval = self.evaluator(&scope);
+            self.check_builder(source, &source.body, &eval);
+        }
     }
 
     fn unknown_type(&mut self, what: &str, ty: &str, span: Span, known: Vec<&str>) {
