@@ -901,6 +901,10 @@ mod tests {
             ok(r#"md5("")"#),
             Value::from("d41d8cd98f00b204e9800998ecf8427e")
         );
+        assert_eq!(
+            ok(r#"substr(sha512(""), 0, 16)"#),
+            Value::from("cf83e1357eefb8bd")
+        );
         assert_eq!(ok(r#"base64encode("kiln")"#), Value::from("a2lsbg=="));
         assert_eq!(ok(r#"base64decode("a2lsbg==")"#), Value::from("kiln"));
         assert!(eval(r#"base64decode("!!")"#).is_err());
@@ -912,6 +916,11 @@ mod tests {
         assert_eq!(ok(r#"dirname("/a/b.txt")"#), Value::from("/a"));
         assert_eq!(ok(r#"dirname("b.txt")"#), Value::from("."));
         assert_eq!(ok(r#"abspath("/a/./b/../c")"#), Value::from("/a/c"));
+        let home = std::env::var("HOME").unwrap_or_default();
+        if !home.is_empty() {
+            assert_eq!(ok(r#"pathexpand("~/x")"#), Value::from(format!("{home}/x")));
+        }
+        assert_eq!(ok(r#"pathexpand("/etc/~x")"#), Value::from("/etc/~x"));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.txt");
         std::fs::write(&path, "content").unwrap();
