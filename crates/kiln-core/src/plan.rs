@@ -236,8 +236,8 @@ impl Config {
 }
 
 /// Keeps the builds whose name matches a glob in `only` (all when empty) and none in `except`.
-/// Globs match `TYPE.NAME` and `BUILD.TYPE.NAME` (e.g. `null.*`, `*.first`). An `only` glob that
-/// matches no build, or an invalid glob, is an error naming the available builds.
+/// Globs match `TYPE.NAME` and `BUILD.TYPE.NAME` (e.g. `null.*`, `*.first`). An invalid glob is
+/// an error, and so is an `only` glob that matches no build (its help names the builds).
 pub fn select(
     builds: Vec<Build>,
     only: &[String],
