@@ -229,7 +229,8 @@ fn render_expr(e: &Expression, depth: usize) -> (String, bool) {
 }
 
 /// The key width each attribute pads to: the longest key of its run of consecutive single-line
-/// attributes (a run also takes in a first line of a multi-line value).
+/// attributes. A blank line, a comment, a block or a multi-line value ends a run; a multi-line
+/// value is not aligned (as `packer fmt`).
 fn alignment(structures: &[&Structure], depth: usize) -> Vec<usize> {
     let mut widths = vec![0; structures.len()];
     let mut run: Vec<usize> = Vec::new();
@@ -245,20 +246,19 @@ fn alignment(structures: &[&Structure], depth: usize) -> Vec<usize> {
         }
         run.clear();
     };
-    let mut previous_multiline = false;
     for (i, s) in structures.iter().enumerate() {
         match s {
             Structure::Attribute(a) => {
-                if previous_multiline || breaks_alignment(decor_prefix(a.decor())) {
+                if breaks_alignment(decor_prefix(a.decor())) {
                     flush(&mut run, &mut widths);
                 }
-                run.push(i);
-                previous_multiline = render_expr(&a.value, depth).0.contains('\n');
+                if render_expr(&a.value, depth).0.contains('\n') {
+                    flush(&mut run, &mut widths);
+                } else {
+                    run.push(i);
+                }
             }
-            Structure::Block(_) => {
-                flush(&mut run, &mut widths);
-                previous_multiline = false;
-            }
+            Structure::Block(_) => flush(&mut run, &mut widths),
         }
     }
     flush(&mut run, &mut widths);
@@ -473,33 +473,33 @@ fn object(w: &mut Writer, o: &Object) {
     // Align `=` within runs of entries that each start a line and hold one line; a blank
     // line, a comment or a multi-line value ends a run.
     let mut widths = vec![0usize; entries.len()];
-    let mut start = 0;
-    for i in 0..=entries.len() {
-        let breaks = i == entries.len() || {
-            let prefix = decor_prefix(object_key(entries[i].0).1);
-            let after_newline =
-                i > 0 && entries[i - 1].1.terminator() == ObjectValueTerminator::Newline;
-            let newlines = prefix.matches('\n').count() + usize::from(after_newline);
-            let previous_multiline = i > 0
-                && render_expr(entries[i - 1].1.expr(), w.depth)
-                    .0
-                    .contains('\n');
-            newlines != 1
-                || breaks_alignment(prefix.trim_start_matches([' ', '\t', '\n']))
-                || previous_multiline
-        };
-        if breaks {
-            let max = entries[start..i]
-                .iter()
-                .map(|(k, _)| object_key(k).0.chars().count())
-                .max()
-                .unwrap_or(0);
-            for width in &mut widths[start..i] {
-                *width = max;
-            }
-            start = i;
+    let mut run: Vec<usize> = Vec::new();
+    let flush = |run: &mut Vec<usize>, widths: &mut Vec<usize>| {
+        let max = run
+            .iter()
+            .map(|&i| object_key(entries[i].0).0.chars().count())
+            .max()
+            .unwrap_or(0);
+        for &i in run.iter() {
+            widths[i] = max;
+        }
+        run.clear();
+    };
+    for (i, (k, v)) in entries.iter().enumerate() {
+        let prefix = decor_prefix(object_key(k).1);
+        let after_newline =
+            i > 0 && entries[i - 1].1.terminator() == ObjectValueTerminator::Newline;
+        let newlines = prefix.matches('\n').count() + usize::from(after_newline);
+        if newlines != 1 || breaks_alignment(prefix.trim_start_matches([' ', '\t', '\n'])) {
+            flush(&mut run, &mut widths);
+        }
+        if render_expr(v.expr(), w.depth).0.contains('\n') {
+            flush(&mut run, &mut widths);
+        } else {
+            run.push(i);
         }
     }
+    flush(&mut run, &mut widths);
     for ((k, v), width) in entries.iter().zip(widths) {
         let (key, decor) = object_key(k);
         trivia(w, decor_prefix(decor), Sep::Space);
@@ -628,8 +628,8 @@ mod tests {
 
     #[test]
     fn multiline_value_ends_a_run() {
-        let src = "a = 1\nbbbb = [\n1,\n]\nc = 2\n";
-        assert_eq!(fmt(src), "a    = 1\nbbbb = [\n  1,\n]\nc = 2\n");
+        let src = "a = 1\nbbbb = [\n1,\n]\ncc = 2\nd=3\n";
+        assert_eq!(fmt(src), "a = 1\nbbbb = [\n  1,\n]\ncc = 2\nd  = 3\n");
     }
 
     #[test]

@@ -17,6 +17,24 @@ pub trait Renderer {
 /// Whether to colour a stream: the flag allows it, `NO_COLOR` is not set and the stream is a
 /// terminal.
 pub fn color_enabled(flag: bool, is_terminal: bool) -> bool {
-    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    decide_color(flag, is_terminal, std::env::var_os("NO_COLOR"))
+}
+
+fn decide_color(flag: bool, is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    let no_color = no_color.is_some_and(|v| !v.is_empty());
     flag && !no_color && is_terminal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decide_color;
+
+    #[test]
+    fn colour_needs_flag_terminal_and_no_no_color() {
+        assert!(decide_color(true, true, None));
+        assert!(decide_color(true, true, Some("".into())));
+        assert!(!decide_color(true, true, Some("1".into())));
+        assert!(!decide_color(false, true, None));
+        assert!(!decide_color(true, false, None));
+    }
 }
