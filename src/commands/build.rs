@@ -105,7 +105,6 @@ async fn run_builds(
                     while let Ok(ev) = rx.try_recv() {
                         show(ev, &mut renderer);
                     }
-                    drop(show);
                     abandon(&leftovers);
                 }
             },

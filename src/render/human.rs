@@ -1,7 +1,7 @@
 //! Output for people: every line prefixed by its build's name (in a colour of its own), steps with
 //! durations, command output, cleanup, leftovers, artifacts, and Packer's final summary.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::time::Duration;
 
@@ -72,6 +72,8 @@ pub struct Human<W: Write> {
     out: W,
     opts: Options,
     bars: Option<Bars>,
+    /// Builds with a failed or cancelled step: only their cleanups are worth showing.
+    troubled: HashSet<Option<String>>,
 }
 
 /// Progress bars, one per (build, what), drawn on stderr.
@@ -86,7 +88,12 @@ impl<W: Write> Human<W> {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             bars: HashMap::new(),
         });
-        Human { out, opts, bars }
+        Human {
+            out,
+            opts,
+            bars,
+            troubled: HashSet::new(),
+        }
     }
 
     fn paint(&self, color: &str, text: &str) -> String {
@@ -197,6 +204,7 @@ impl<W: Write> Renderer for Human<W> {
                     let text = format!("{step}: done in {}", duration(*duration_ms));
                     self.line(t, b, "==> ", &text, None);
                 } else {
+                    self.troubled.insert(ev.build.clone());
                     let error = error.as_deref().unwrap_or("failed");
                     let text = format!("{step}: failed after {}: {error}", duration(*duration_ms));
                     self.line(t, b, "==> ", &text, Some(RED));
@@ -218,7 +226,9 @@ impl<W: Write> Renderer for Human<W> {
             }
             EventKind::Progress { what, done, total } => self.progress(b, what, *done, *total),
             EventKind::CleanupStarted { step } => {
-                self.line(t, b, "==> ", &format!("cleaning up: {step}"), None)
+                if self.troubled.contains(&ev.build) {
+                    self.line(t, b, "==> ", &format!("cleaning up: {step}"), None)
+                }
             }
             EventKind::CleanupFinished { step, ok, error } => {
                 if !*ok {
@@ -317,7 +327,13 @@ impl<W: Write> Renderer for Human<W> {
                     None,
                 );
             }
+            let mut shown: Vec<&Artifact> = Vec::new();
+            // A post-processor that keeps its input may hand back the same artifact.
             for a in &b.artifacts {
+                if shown.contains(&a) {
+                    continue;
+                }
+                shown.push(a);
                 let text = format!("{}: {}", b.name, describe_artifact(a).join("\n    "));
                 self.line(now, None, "--> ", &text, None);
             }
@@ -361,6 +377,31 @@ mod tests {
             out,
             "==> null.first: provision...\n    null.first: one\n    null.first: two\n\
              ==> null.first: provision: done in 1.5s\n"
+        );
+    }
+
+    #[test]
+    fn cleanups_shown_only_after_trouble() {
+        let out = render(Options::default(), |s| {
+            let ok = s.for_build("null.ok");
+            ok.emit(EventKind::CleanupStarted {
+                step: "connect".into(),
+            });
+            let bad = s.for_build("null.bad");
+            bad.emit(EventKind::StepFinished {
+                step: "provision".into(),
+                duration_ms: 10,
+                ok: false,
+                error: Some("cancelled".into()),
+            });
+            bad.emit(EventKind::CleanupStarted {
+                step: "connect".into(),
+            });
+        });
+        assert!(!out.contains("null.ok"), "{out}");
+        assert!(
+            out.contains("==> null.bad: cleaning up: connect\n"),
+            "{out}"
         );
     }
 
