@@ -321,6 +321,29 @@ mod tests {
     }
 
     #[test]
+    fn every_flag_is_documented() {
+        use clap::CommandFactory;
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md"))
+            .expect("docs/cli.md");
+        for sub in Cli::command().get_subcommands() {
+            assert!(
+                docs.contains(&format!("## `kiln {}", sub.get_name())),
+                "`kiln {}` has no section in docs/cli.md",
+                sub.get_name()
+            );
+            for arg in sub.get_arguments() {
+                if let Some(long) = arg.get_long() {
+                    assert!(
+                        docs.contains(&format!("`-{long}")),
+                        "`-{long}` of `kiln {}` is not in docs/cli.md",
+                        sub.get_name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn only_splits_on_commas() {
         let Some(Command::Validate(v)) = parse(&[
             "kiln",

@@ -58,10 +58,12 @@ async fn run_builds(
     };
     let mut interrupts = Interrupts::install().map_err(|e| CliError::Internal(e.into()))?;
     let redactor = Redactor::new(plan.sensitive_values.clone());
-    let (sink, mut rx) = EventSink::channel(Uuid::new_v4(), redactor.clone());
+    let (sink, mut rx) = EventSink::channel(Uuid::new_v4(), redactor);
+    // Kept to read the redactor later: components may add secrets learned at run time.
+    let events = sink.clone();
     let cancel = Cancel::new();
     let asker = (args.on_error == OnErrorArg::Ask)
-        .then(|| Arc::new(StdinAsker::new(redactor.clone())) as Arc<dyn Asker>);
+        .then(|| Arc::new(StdinAsker::new(sink.clone())) as Arc<dyn Asker>);
     let opts = RunOptions {
         parallel_builds: args.parallel_builds,
         on_error: args.on_error.into(),
@@ -117,6 +119,7 @@ async fn run_builds(
             }
         }
     };
+    let redactor = events.redactor().clone();
     renderer.finish(&redact_summary(&redactor, summary.clone()));
     Ok(if interrupts.count() > 0 || summary.cancelled {
         Status::Interrupted
@@ -179,14 +182,15 @@ fn redact_artifact(r: &Redactor, a: &mut Artifact) {
 
 /// `-on-error=ask`: asks on the terminal, one build at a time.
 struct StdinAsker {
-    redactor: Redactor,
+    /// For its redactor.
+    events: EventSink,
     one_at_a_time: Mutex<()>,
 }
 
 impl StdinAsker {
-    fn new(redactor: Redactor) -> Self {
+    fn new(events: EventSink) -> Self {
         StdinAsker {
-            redactor,
+            events,
             one_at_a_time: Mutex::new(()),
         }
     }
@@ -195,7 +199,7 @@ impl StdinAsker {
 impl Asker for StdinAsker {
     fn ask(&self, build: &str, error: &str) -> AskAnswer {
         let _turn = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
-        let error = self.redactor.redact(error);
+        let error = self.events.redactor().redact(error);
         let stdin = std::io::stdin();
         if !stdin.is_terminal() {
             eprintln!("==> {build}: build failed: {error}");
