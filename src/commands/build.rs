@@ -111,7 +111,14 @@ async fn run_builds(
                 }
             },
             res = &mut run => {
-                let summary = res.map_err(|e| CliError::Internal(e.into()))?;
+                let summary = res.map_err(|e| {
+                    if e.is_panic() {
+                        // The panic hook has reported it.
+                        CliError::Reported(Status::Failed)
+                    } else {
+                        CliError::Internal(e.into())
+                    }
+                })?;
                 while let Ok(ev) = rx.try_recv() {
                     show(ev, &mut renderer);
                 }

@@ -91,6 +91,82 @@ fn human_output_prefixes_builds_and_summarises() {
     assert!(!out.contains('\x1b'), "{out:?}");
 }
 
+#[test]
+fn parallel_builds_1_runs_one_at_a_time() {
+    let k = Kiln::new();
+    let hello = k.copy_from_repo("templates/hello");
+    let r = k.run(&[
+        "build",
+        "-parallel-builds",
+        "1",
+        "-machine-readable",
+        hello.to_str().unwrap(),
+    ]);
+    r.expect_code(0);
+    let kinds: Vec<&str> = r
+        .events()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| *t == "build_started" || *t == "build_finished")
+        .map(|t| {
+            if t == "build_started" {
+                "start"
+            } else {
+                "finish"
+            }
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(kinds, ["start", "finish", "start", "finish"]);
+}
+
+const FAILING: &str = r#"
+source "null" "f" {
+  communicator = "none"
+}
+
+build {
+  sources = ["source.null.f"]
+
+  provisioner "shell-local" {
+    inline = ["echo about to fail", "exit 7"]
+  }
+}
+"#;
+
+#[test]
+fn a_failed_build_exits_1_with_its_error() {
+    let k = Kiln::new();
+    k.write("f.pkr.hcl", FAILING);
+    let r = k.run(&["build", "-color=false", "f.pkr.hcl"]);
+    r.expect_code(1);
+    let out = r.stdout();
+    assert!(out.contains("    null.f: about to fail"), "{out}");
+    assert!(
+        out.contains("==> Some builds didn't complete successfully and had errors:\n--> null.f: "),
+        "{out}"
+    );
+}
+
+#[test]
+fn on_error_ask_without_a_terminal_cleans_up() {
+    let k = Kiln::new();
+    k.write("f.pkr.hcl", FAILING);
+    let r = Run(k
+        .cmd(&["build", "-on-error=ask", "f.pkr.hcl"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap());
+    r.expect_code(1);
+    assert!(
+        r.stderr()
+            .contains("needs a terminal on stdin; cleaning up"),
+        "{}",
+        r.stderr()
+    );
+}
+
 const SECRET: &str = "hunter2-s3cr3t-value";
 
 const SENSITIVE: &str = r#"

@@ -78,3 +78,37 @@ fn inspect_hides_sensitive_values() {
     assert!(out.contains("shell-local"), "{out}");
     assert!(out.contains("manifest"), "{out}");
 }
+
+#[test]
+fn var_and_var_file_apply_in_command_line_order() {
+    let k = Kiln::new();
+    let hello = repo().join("templates/hello");
+    let hello = hello.to_str().unwrap();
+    k.write("v.pkrvars.hcl", "greeting = \"from-file\"\n");
+    let r = k.run(&[
+        "inspect",
+        "-var",
+        "greeting=from-flag",
+        "-var-file=v.pkrvars.hcl",
+        hello,
+    ]);
+    r.expect_code(0);
+    assert!(
+        r.stdout().contains("var.greeting: \"from-file\""),
+        "{}",
+        r.stdout()
+    );
+    let r = k.run(&[
+        "inspect",
+        "-var-file",
+        "v.pkrvars.hcl",
+        "-var=greeting=from-flag",
+        hello,
+    ]);
+    r.expect_code(0);
+    assert!(
+        r.stdout().contains("var.greeting: \"from-flag\""),
+        "{}",
+        r.stdout()
+    );
+}
