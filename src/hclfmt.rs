@@ -196,7 +196,7 @@ fn trivia(w: &mut Writer, raw: &str, sep: Sep) {
             wrote = true;
         }
     }
-    if (!wrote || last_was_block_comment) && sep == Sep::Space {
+    if (!wrote && sep == Sep::Space) || last_was_block_comment {
         w.space();
     }
 }
@@ -532,7 +532,11 @@ fn object(w: &mut Writer, o: &Object) {
 fn for_expr(w: &mut Writer, f: &ForExpr) {
     let object = f.key_expr.is_some();
     w.open(if object { "{" } else { "[" });
-    trivia(w, decor_prefix(f.intro.decor()), Sep::None);
+    trivia(
+        w,
+        decor_prefix(f.intro.decor()),
+        if object { Sep::Space } else { Sep::None },
+    );
     w.text("for");
     if let Some(k) = &f.intro.key_var {
         trivia(w, decor_prefix(k.decor()), Sep::Space);
@@ -563,6 +567,9 @@ fn for_expr(w: &mut Writer, f: &ForExpr) {
         w.text("if");
         value(w, &c.expr, Sep::Space);
         trivia(w, decor_suffix(c.decor()), Sep::None);
+    }
+    if object {
+        w.space();
     }
     w.close(if object { "}" } else { "]" });
 }
@@ -613,6 +620,14 @@ mod tests {
     }
 
     #[test]
+    fn for_expressions_and_block_comments() {
+        assert_eq!(
+            fmt("a={for k,v in m: k=>v...}\n/* c */ b=1\n"),
+            "a = { for k, v in m : k => v... }\n/* c */ b = 1\n"
+        );
+    }
+
+    #[test]
     fn heredocs_are_verbatim() {
         let src = "x {\n  script = <<EOF\n   keep   this\nEOF\n  y = 1\n}\n";
         assert_eq!(fmt(src), src);
@@ -630,6 +645,19 @@ mod tests {
     fn multiline_value_ends_a_run() {
         let src = "a = 1\nbbbb = [\n1,\n]\ncc = 2\nd=3\n";
         assert_eq!(fmt(src), "a = 1\nbbbb = [\n  1,\n]\ncc = 2\nd  = 3\n");
+    }
+
+    #[test]
+    fn formatting_changes_layout_only() {
+        let src = include_str!("../tests/fixtures/fmt-stress.hcl");
+        let out = fmt(src);
+        assert_ne!(out, src, "the fixture should need formatting");
+        let before: hcl::Body = hcl::from_str(src).unwrap();
+        let after: hcl::Body = hcl::from_str(&out).unwrap();
+        assert_eq!(before, after, "formatted:\n{out}");
+        for comment in ["// leading", "# first", "/* inline */", "# trailing"] {
+            assert!(out.contains(comment), "lost {comment}:\n{out}");
+        }
     }
 
     #[test]
