@@ -209,15 +209,53 @@ fn breaks_alignment(raw: &str) -> bool {
 fn write_body(w: &mut Writer, body: &Body) {
     let structures: Vec<&Structure> = body.iter().collect();
     let widths = alignment(&structures, w.depth);
-    for (s, width) in structures.iter().zip(widths) {
+    let columns = comment_columns(&structures, &widths, w.depth);
+    for ((s, width), column) in structures.iter().zip(widths).zip(columns) {
         trivia(w, decor_prefix(s.decor()), Sep::None);
         match s {
             Structure::Attribute(a) => write_attribute(w, a, width),
             Structure::Block(b) => write_block(w, b),
         }
+        let pad = column.saturating_sub(w.line.chars().count());
+        w.line.push_str(&" ".repeat(pad));
         trivia(w, decor_suffix(s.decor()), Sep::None);
         w.newline();
     }
+}
+
+/// The column at which each attribute's trailing comment starts (0: no alignment): one past
+/// the longest line of its run of consecutive single-line attributes with trailing comments.
+fn comment_columns(structures: &[&Structure], widths: &[usize], depth: usize) -> Vec<usize> {
+    let mut columns = vec![0; structures.len()];
+    let mut run: Vec<(usize, usize)> = Vec::new();
+    let flush = |run: &mut Vec<(usize, usize)>, columns: &mut Vec<usize>| {
+        let max = run.iter().map(|&(_, len)| len).max().unwrap_or(0);
+        for &(i, _) in run.iter() {
+            columns[i] = max + 1;
+        }
+        run.clear();
+    };
+    for (i, s) in structures.iter().enumerate() {
+        let line = match s {
+            Structure::Attribute(a) => {
+                if breaks_alignment(decor_prefix(a.decor())) {
+                    flush(&mut run, &mut columns);
+                }
+                let suffix = decor_suffix(a.decor());
+                let has_comment = suffix.contains('#') || suffix.contains("//");
+                let value = render_expr(&a.value, depth).0;
+                let key = widths[i].max(a.key.value().as_str().chars().count());
+                (has_comment && !value.contains('\n')).then(|| key + 3 + value.chars().count())
+            }
+            Structure::Block(_) => None,
+        };
+        match line {
+            Some(len) => run.push((i, len)),
+            None => flush(&mut run, &mut columns),
+        }
+    }
+    flush(&mut run, &mut columns);
+    columns
 }
 
 /// Renders an expression that starts mid-line at `depth`.
@@ -624,6 +662,14 @@ mod tests {
         assert_eq!(
             fmt("a={for k,v in m: k=>v...}\n/* c */ b=1\n"),
             "a = { for k, v in m : k => v... }\n/* c */ b = 1\n"
+        );
+    }
+
+    #[test]
+    fn trailing_comments_align() {
+        assert_eq!(
+            fmt("a = 1 # one\nbbb = \"x\" # two\nc = 3\nd = 4 # four\n\ne = 55 # five\nf = 6 # six\n"),
+            "a   = 1   # one\nbbb = \"x\" # two\nc   = 3\nd   = 4 # four\n\ne = 55 # five\nf = 6  # six\n"
         );
     }
 
