@@ -312,6 +312,15 @@ impl<W: Write> Renderer for Human<W> {
         if summary.cancelled {
             self.line(now, None, "", "==> Builds were cancelled.", Some(YELLOW));
         }
+        if !summary
+            .builds
+            .iter()
+            .any(|b| b.ok && !b.artifacts.is_empty())
+        {
+            let head = self.paint(BOLD, "==> Builds finished but no artifacts were created.");
+            self.line(now, None, "", &head, None);
+            return;
+        }
         let head = self.paint(
             BOLD,
             "==> Builds finished. The artifacts of successful builds are:",
@@ -421,6 +430,20 @@ mod tests {
         );
         assert!(coloured.contains(build_color("null.first")), "{coloured:?}");
         assert!(coloured.contains(YELLOW));
+    }
+
+    #[test]
+    fn summary_without_artifacts_says_so() {
+        let mut r = Human::new(Vec::new(), Options::default());
+        r.finish(&RunSummary {
+            cancelled: true,
+            builds: vec![],
+        });
+        let out = String::from_utf8(r.out).unwrap();
+        assert_eq!(
+            out,
+            "==> Builds were cancelled.\n==> Builds finished but no artifacts were created.\n"
+        );
     }
 
     #[test]
