@@ -310,3 +310,97 @@ fn interrupt_cancels_cleans_up_and_exits_130() {
     assert_eq!(finished.len(), 1, "{}", out.stdout());
     assert_eq!(finished[0]["cancelled"], true);
 }
+
+const STUBBORN: &str = r#"
+variable "marker" {
+  type = string
+}
+
+source "null" "c" {
+  communicator = "none"
+}
+
+build {
+  sources = ["source.null.c"]
+
+  provisioner "shell-local" {
+    inline = [
+      "trap '' TERM",
+      "echo $$ > '${var.marker}.tmp' && mv '${var.marker}.tmp' '${var.marker}'",
+      "exec sleep 1000",
+    ]
+  }
+}
+"#;
+
+/// A second interrupt hurries the cleanup: a process that ignores SIGTERM is killed at once
+/// instead of after the grace period (5 s in `shell-local`).
+#[test]
+fn second_interrupt_hurries() {
+    use std::io::BufRead;
+
+    let k = Kiln::new();
+    k.write("c.pkr.hcl", STUBBORN);
+    let marker = k.path("started");
+    let var = format!("marker={}", marker.display());
+    let mut child = k
+        .cmd(&["build", "-color=false", "-var", &var, "c.pkr.hcl"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let kiln_pid = child.id() as i32;
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pid: i32 = loop {
+        if let Ok(text) = std::fs::read_to_string(&marker) {
+            break text.trim().parse().expect("pid in marker");
+        }
+        assert!(child.try_wait().unwrap().is_none(), "kiln exited early");
+        assert!(Instant::now() < deadline, "the provisioner never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let wait_for = |text: &str| loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no `{text}` on stderr"));
+        if line.contains(text) {
+            break;
+        }
+    };
+
+    let first = Instant::now();
+    // SAFETY: signalling the child we spawned.
+    assert_eq!(unsafe { libc::kill(kiln_pid, libc::SIGINT) }, 0);
+    wait_for("interrupt received");
+    assert!(
+        sleep_alive(pid),
+        "sleep ignores SIGTERM and should still run"
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(kiln_pid, libc::SIGINT) }, 0);
+    wait_for("second interrupt");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "kiln did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert!(!sleep_alive(pid), "sleep {pid} survived");
+    let took = first.elapsed();
+    assert!(took < Duration::from_secs(3), "hurrying took {took:?}");
+}
