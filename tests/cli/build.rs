@@ -324,8 +324,9 @@ build {
   sources = ["source.null.c"]
 
   provisioner "shell-local" {
+    # Every process of the group ignores SIGTERM.
+    execute_command = ["/bin/sh", "-c", "trap '' TERM; {{.Vars}} {{.Script}}"]
     inline = [
-      "trap '' TERM",
       "echo $$ > '${var.marker}.tmp' && mv '${var.marker}.tmp' '${var.marker}'",
       "exec sleep 1000",
     ]
