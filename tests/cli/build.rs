@@ -245,6 +245,15 @@ fn sleep_alive(pid: i32) -> bool {
     cmd.starts_with("sleep") && !matches!(state, Some(Some('Z')) | None)
 }
 
+/// Waits until the shell that wrote `pid` has `exec`ed `sleep`.
+fn wait_until_sleeping(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sleep_alive(pid) {
+        assert!(Instant::now() < deadline, "{pid} never became `sleep`");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn interrupt_cancels_cleans_up_and_exits_130() {
     let k = Kiln::new();
@@ -275,7 +284,7 @@ fn interrupt_cancels_cleans_up_and_exits_130() {
         assert!(Instant::now() < deadline, "the provisioner never started");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(sleep_alive(pid), "sleep {pid} should be running");
+    wait_until_sleeping(pid);
 
     // SAFETY: sending a signal to the child we spawned.
     assert_eq!(unsafe { libc::kill(kiln_pid, libc::SIGINT) }, 0);
@@ -380,6 +389,7 @@ fn second_interrupt_hurries() {
         }
     };
 
+    wait_until_sleeping(pid);
     let first = Instant::now();
     // SAFETY: signalling the child we spawned.
     assert_eq!(unsafe { libc::kill(kiln_pid, libc::SIGINT) }, 0);
