@@ -2,7 +2,8 @@
 
 use crate::exit::{CliError, Status};
 
-/// `Kiln v0.1.0`, with the git commit when `KILN_GIT_COMMIT` was set at build time.
+/// `Kiln v0.1.0`, with the git commit `build.rs` embedded (when built from git or with
+/// `KILN_GIT_COMMIT` set).
 pub fn version_string() -> String {
     match option_env!("KILN_GIT_COMMIT") {
         Some(commit) if !commit.is_empty() => format!("Kiln v{} ({commit})", kiln_core::VERSION),
