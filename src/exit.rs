@@ -65,12 +65,46 @@ impl CliError {
         if let CliError::Reported(_) = self {
             return;
         }
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "error: {self}");
+        let _ = std::io::stderr().write_all(self.chain().as_bytes());
+    }
+
+    /// `error: ...` and one `  caused by: ...` line per cause.
+    fn chain(&self) -> String {
+        let mut text = format!("error: {self}\n");
         let mut cause = self.source();
         while let Some(c) = cause {
-            let _ = writeln!(err, "  caused by: {c}");
+            text.push_str(&format!("  caused by: {c}\n"));
             cause = c.source();
         }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open `disk.qcow2`")]
+    struct Open(#[source] std::io::Error);
+
+    #[test]
+    fn chain_has_one_cause_per_line() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = CliError::user("cannot start the build", Open(io));
+        assert_eq!(err.status(), Status::Usage);
+        assert_eq!(
+            err.chain(),
+            "error: cannot start the build\n  caused by: cannot open `disk.qcow2`\n  caused by: no such file\n"
+        );
+    }
+
+    #[test]
+    fn internal_errors_ask_for_a_report() {
+        let err = CliError::Internal("boom".into());
+        assert_eq!(err.status(), Status::Failed);
+        assert!(err
+            .chain()
+            .starts_with("error: internal error, please report\n"));
     }
 }

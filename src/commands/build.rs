@@ -139,22 +139,25 @@ async fn run_builds(
 
 /// The third interrupt: say what may be left behind and exit at once.
 fn abandon(leftovers: &[SeenLeftover]) -> ! {
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(
-        err,
-        "warning: third interrupt: cleanup abandoned; what the builds created may be left behind"
+    let _ = std::io::stderr().write_all(abandon_message(leftovers).as_bytes());
+    std::process::exit(Status::Interrupted.code());
+}
+
+fn abandon_message(leftovers: &[SeenLeftover]) -> String {
+    let mut text = String::from(
+        "warning: third interrupt: cleanup abandoned; what the builds created may be left behind\n",
     );
     if leftovers.is_empty() {
-        let _ = writeln!(err, "warning: no leftovers had been reported yet");
+        text.push_str("warning: no leftovers had been reported yet\n");
     }
     for l in leftovers {
         let build = l.build.as_deref().unwrap_or("run");
-        let _ = match &l.how_to_reach {
-            Some(how) => writeln!(err, "  {build}: {} (reach it with: {how})", l.what),
-            None => writeln!(err, "  {build}: {}", l.what),
-        };
+        text.push_str(&match &l.how_to_reach {
+            Some(how) => format!("  {build}: {} (reach it with: {how})\n", l.what),
+            None => format!("  {build}: {}\n", l.what),
+        });
     }
-    std::process::exit(Status::Interrupted.code());
+    text
 }
 
 /// The outcome with sensitive values replaced, for rendering: errors and artifacts come from
@@ -234,6 +237,29 @@ mod tests {
     use super::*;
     use kiln_core::artifact::ArtifactFile;
     use kiln_core::runner::BuildOutcome;
+
+    #[test]
+    fn abandoning_lists_leftovers() {
+        let text = abandon_message(&[
+            SeenLeftover {
+                build: Some("qemu.a".into()),
+                what: "VM `kiln-1` (pid 42)".into(),
+                how_to_reach: Some("ssh -p 2222 root@127.0.0.1".into()),
+            },
+            SeenLeftover {
+                build: None,
+                what: "temp dir /tmp/x".into(),
+                how_to_reach: None,
+            },
+        ]);
+        assert_eq!(
+            text,
+            "warning: third interrupt: cleanup abandoned; what the builds created may be left behind\n\
+             \x20 qemu.a: VM `kiln-1` (pid 42) (reach it with: ssh -p 2222 root@127.0.0.1)\n\
+             \x20 run: temp dir /tmp/x\n"
+        );
+        assert!(abandon_message(&[]).contains("no leftovers had been reported yet"));
+    }
 
     #[test]
     fn summary_is_redacted() {

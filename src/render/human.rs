@@ -415,6 +415,20 @@ mod tests {
     }
 
     #[test]
+    fn leftovers_say_how_to_reach_them() {
+        let out = render(Options::default(), |s| {
+            s.for_build("qemu.a").emit(EventKind::Leftover {
+                what: "VM `kiln-1`".into(),
+                how_to_reach: Some("ssh -p 2222 root@127.0.0.1".into()),
+            });
+        });
+        assert_eq!(
+            out,
+            "==> qemu.a: left in place: VM `kiln-1`\n    qemu.a: reach it with: ssh -p 2222 root@127.0.0.1\n"
+        );
+    }
+
+    #[test]
     fn colour_only_when_asked() {
         let emit = |s: &EventSink| {
             s.for_build("null.first").message(Level::Warn, "careful");
