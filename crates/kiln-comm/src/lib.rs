@@ -128,12 +128,8 @@ pub trait Communicator: Send + Sync {
     ) -> Result<(), CommError>;
 
     /// Uploads the contents of the local directory `src` into the directory `dest`.
-    async fn upload_dir(
-        &self,
-        src: &Path,
-        dest: &str,
-        opts: &UploadOptions,
-    ) -> Result<(), CommError>;
+    async fn upload_dir(&self, src: &Path, dest: &str, opts: &UploadOptions)
+        -> Result<(), CommError>;
 
     /// Downloads the remote file `src` to the local path `dest`.
     async fn download(&self, src: &str, dest: &Path) -> Result<(), CommError>;

@@ -4,9 +4,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 
-use crate::{
-    CommError, Communicator, ExitStatus, OutputSink, RemoteCommand, UploadOptions, UploadSource,
-};
+use crate::{CommError, Communicator, ExitStatus, OutputSink, RemoteCommand, UploadOptions, UploadSource};
 
 /// Used by builders with no machine (`null` with `communicator = "none"`); provisioners that need
 /// the machine fail with a clear error instead of hanging.
@@ -26,11 +24,7 @@ impl Communicator for NoneCommunicator {
         "none"
     }
 
-    async fn exec(
-        &self,
-        _: &RemoteCommand,
-        _: &mut dyn OutputSink,
-    ) -> Result<ExitStatus, CommError> {
+    async fn exec(&self, _: &RemoteCommand, _: &mut dyn OutputSink) -> Result<ExitStatus, CommError> {
         Err(unsupported("run commands"))
     }
 
