@@ -255,6 +255,41 @@ async fn timeout_names_a_refused_connection() {
 }
 
 #[tokio::test]
+async fn timeout_names_a_missing_banner() {
+    // Accepts TCP connections and never speaks, like a NAT port forward before the guest is up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let config = SshConfig {
+        ssh_host: Some("127.0.0.1".into()),
+        ssh_port: port,
+        ssh_username: Some("root".into()),
+        ephemeral_key: Some(SshKey::generate_ed25519().unwrap()),
+        ssh_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let error = SshCommunicator::connect(&config)
+        .await
+        .err()
+        .expect("no banner");
+    hold.abort();
+    let text = chain(&error);
+    assert!(text.contains("sent no SSH banner"), "{text}");
+    assert!(matches!(
+        error,
+        ConnectError::TimedOut {
+            last: AttemptError::NoBanner { .. },
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
 async fn rejected_logins_are_named_and_not_retried_forever() {
     let sshd = sshd!();
     let stranger = SshConfig {

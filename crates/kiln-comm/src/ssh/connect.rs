@@ -71,7 +71,7 @@ pub enum AttemptError {
     Handshake {
         target: String,
         #[source]
-        source: russh::Error,
+        source: Box<russh::Error>,
     },
     #[error("{target} rejected the login as `{user}` (it offers: {offered})")]
     AuthRejected {
@@ -83,7 +83,7 @@ pub enum AttemptError {
     Tunnel {
         target: String,
         #[source]
-        source: russh::Error,
+        source: Box<russh::Error>,
     },
 }
 
@@ -301,14 +301,14 @@ async fn open(
                     .await
                     .map_err(|source| AttemptError::Tunnel {
                         target: target.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 client::connect_stream(settings.client.clone(), channel.into_stream(), client).await
             }
         }
         .map_err(|source| AttemptError::Handshake {
             target: target.clone(),
-            source,
+            source: Box::new(source),
         })
     };
     let result = tokio::time::timeout(limit, handshake).await;
@@ -341,7 +341,7 @@ async fn authenticate(handle: &mut Handle<Client>, login: &Login) -> Result<(), 
     let target = login.target();
     let handshake = |source| AttemptError::Handshake {
         target: target.clone(),
-        source,
+        source: Box::new(source),
     };
     let mut offered = String::from("nothing");
     for key in &login.keys {
@@ -400,11 +400,14 @@ fn methods(set: &russh::MethodSet) -> String {
     }
 }
 
+/// The host key accepted, or refused as `(expected, got)`.
+type Verdict = Result<HostKeyInfo, (String, String)>;
+
 /// The russh event handler: verifies the host key and records what it saw.
 pub(crate) struct Client {
     policy: HostKeyPolicy,
     /// `Ok(info)` when accepted, `Err((expected, got))` when refused.
-    seen: Arc<Mutex<Option<Result<HostKeyInfo, (String, String)>>>>,
+    seen: Arc<Mutex<Option<Verdict>>>,
 }
 
 impl client::Handler for Client {
