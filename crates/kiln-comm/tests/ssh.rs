@@ -586,3 +586,36 @@ async fn password_login() {
     assert_eq!(status, ExitStatus::Code(0));
     assert_eq!(lines, [(Stream::Stdout, "kiln-ssh-test".to_owned())]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_commands_share_one_connection() {
+    let sshd = sshd!();
+    let comm = std::sync::Arc::new(connect(&sshd).await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let comm = comm.clone();
+        tasks.spawn(async move {
+            let (status, lines) = run(&comm, command(&format!("sleep 1; echo {i}"))).await;
+            (i, status, lines)
+        });
+    }
+    let started = Instant::now();
+    while let Some(result) = tasks.join_next().await {
+        let (i, status, lines) = result.unwrap();
+        assert_eq!(status, ExitStatus::Code(0));
+        assert_eq!(lines, [(Stream::Stdout, i.to_string())]);
+    }
+    // Run side by side, not one after the other.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let logins = sshd.log().matches("Accepted publickey").count();
+    assert_eq!(
+        logins,
+        1,
+        "one connection for all commands:\n{}",
+        sshd.log()
+    );
+}
