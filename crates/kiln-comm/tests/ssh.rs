@@ -619,3 +619,28 @@ async fn concurrent_commands_share_one_connection() {
         sshd.log()
     );
 }
+
+#[tokio::test]
+async fn rsa_private_key_file() {
+    // OpenSSH 8.8+ refuses SHA-1 `ssh-rsa` signatures: this checks that rsa-sha2 is negotiated.
+    let keys = tempfile::tempdir().unwrap();
+    let path = keys.path().join("id_rsa");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f"])
+        .arg(&path)
+        .status()
+        .expect("run ssh-keygen");
+    assert!(status.success());
+    let public = std::fs::read_to_string(keys.path().join("id_rsa.pub")).unwrap();
+    let sshd = sshd!(SshdOptions {
+        authorized_keys: vec![public.trim().to_owned()],
+        ..Default::default()
+    });
+    let comm = SshCommunicator::connect(&SshConfig {
+        ssh_private_key_file: Some(path),
+        ..config(&sshd)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), sshd.log()));
+    assert_eq!(run(&comm, command("echo rsa")).await.1[0].1, "rsa");
+}

@@ -352,11 +352,16 @@ async fn authenticate(handle: &mut Handle<Client>, login: &Login) -> Result<(), 
     };
     let mut offered = String::from("nothing");
     for key in &login.keys {
-        let hash = handle
-            .best_supported_rsa_hash()
-            .await
-            .map_err(handshake)?
-            .flatten();
+        // Only RSA keys need a signature hash, taken from what the server says it supports.
+        let hash = if key.public_key().algorithm().is_rsa() {
+            handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(handshake)?
+                .flatten()
+        } else {
+            None
+        };
         let key = PrivateKeyWithHashAlg::new(key.private_key(), hash);
         match handle
             .authenticate_publickey(&login.user, key)
