@@ -644,3 +644,65 @@ async fn rsa_private_key_file() {
     .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), sshd.log()));
     assert_eq!(run(&comm, command("echo rsa")).await.1[0].1, "rsa");
 }
+
+/// A TCP proxy to `port` that can go silent without closing anything, like a machine that lost
+/// power: returns its port and a switch that stops all forwarding.
+async fn freezable_proxy(port: u16) -> (u16, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    let (freeze, frozen) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let mut frozen = frozen.clone();
+            tokio::spawn(async move {
+                let (mut client, mut server) = (client, server);
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = async { frozen.wait_for(|frozen| *frozen).await.is_ok() } => {
+                        // Hold both sockets open, forwarding nothing.
+                        std::future::pending::<()>().await
+                    }
+                }
+            });
+        }
+    });
+    (proxy_port, freeze)
+}
+
+#[tokio::test]
+async fn keep_alives_detect_a_machine_that_went_silent() {
+    let sshd = sshd!();
+    let (port, freeze) = freezable_proxy(sshd.port()).await;
+    let comm = SshCommunicator::connect(&SshConfig {
+        ssh_port: port,
+        ssh_keep_alive_interval: Duration::from_millis(200),
+        ..config(&sshd)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        run(&comm, command("echo alive")).await.0,
+        ExitStatus::Code(0)
+    );
+    let mut on_line = |_, line: &str| {
+        if line == "started" {
+            freeze.send(true).unwrap();
+        }
+    };
+    let started = Instant::now();
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        comm.exec(&command("echo started; sleep 60"), &mut on_line),
+    )
+    .await
+    .expect("the keep-alives notice the silence");
+    assert!(matches!(status, Ok(ExitStatus::Disconnected)), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
