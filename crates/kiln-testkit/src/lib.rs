@@ -128,11 +128,16 @@ impl Sshd {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let pid = child.id() as i32;
-            for descendant in descendants(pid) {
-                // SAFETY: plain kill(2) on pids found under our own child.
-                unsafe { libc::kill(descendant, libc::SIGKILL) };
+            let mut all = descendants(pid);
+            all.push(pid);
+            // Freeze everything first, so that no session process can still report its
+            // command's end (an exit signal) to the client: the connection just drops.
+            for signal in [libc::SIGSTOP, libc::SIGKILL] {
+                for &process in &all {
+                    // SAFETY: plain kill(2) on our own child and the processes found under it.
+                    unsafe { libc::kill(process, signal) };
+                }
             }
-            child.kill().ok();
             child.wait().ok();
         }
     }
