@@ -711,3 +711,21 @@ async fn keep_alives_detect_a_machine_that_went_silent() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn reconnect_requires_the_host_key_accepted_on_first_use() {
+    let mut sshd = sshd!();
+    let comm = connect(&sshd).await;
+    assert_eq!(comm.host_key().trust, HostKeyTrust::FirstUse);
+    sshd.restart_with_new_host_key();
+    let error = comm.reconnect().await.unwrap_err();
+    let CommError::Connect(source) = &error else {
+        panic!("expected a connect error, got {error:?}");
+    };
+    let mismatch = source.downcast_ref::<ConnectError>();
+    assert!(
+        matches!(mismatch, Some(ConnectError::HostKeyMismatch { .. })),
+        "{}",
+        chain(&error)
+    );
+}

@@ -148,6 +148,16 @@ impl Sshd {
         self.launch();
     }
 
+    /// Restarts the server with a new host key, as a reinstalled machine (or an impostor) would.
+    pub fn restart_with_new_host_key(&mut self) {
+        self.stop();
+        for file in ["host_ed25519", "host_ed25519.pub"] {
+            std::fs::remove_file(self.dir.path().join(file)).unwrap();
+        }
+        keygen(&self.dir.path().join("host_ed25519"));
+        self.launch();
+    }
+
     fn launch(&mut self) {
         let mut command = Command::new(SSHD);
         command

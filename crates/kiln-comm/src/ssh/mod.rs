@@ -367,12 +367,11 @@ impl Communicator for SshCommunicator {
     /// accepted on first use included), waiting up to `ssh_timeout`.
     async fn reconnect(&self) -> Result<(), CommError> {
         let policy = self.state.lock().unwrap().policy.clone();
-        let (session, host_key) = connect::connect(&self.settings, &policy)
+        // The policy requires the key seen before, so `host_key()` stays as it was.
+        let (session, _) = connect::connect(&self.settings, &policy)
             .await
             .map_err(|e| CommError::Connect(Box::new(e)))?;
-        let mut state = self.state.lock().unwrap();
-        state.session = Arc::new(session);
-        state.host_key = host_key;
+        self.state.lock().unwrap().session = Arc::new(session);
         Ok(())
     }
 }
