@@ -152,12 +152,25 @@ impl SshCommunicator {
         match status {
             ExitStatus::Code(0) => Ok(()),
             ExitStatus::Disconnected => Err(CommError::Disconnected),
-            status => Err(CommError::Remote(format!(
-                "`{command}` ended with {status:?}: {}",
-                String::from_utf8_lossy(&stderr).trim()
-            ))),
+            ExitStatus::Code(code) => Err(remote_failure(
+                command,
+                &format!("exited with {code}"),
+                &stderr,
+            )),
+            ExitStatus::Signal(signal) => Err(remote_failure(
+                command,
+                &format!("was killed by signal {signal}"),
+                &stderr,
+            )),
         }
     }
+}
+
+fn remote_failure(command: &str, how: &str, stderr: &[u8]) -> CommError {
+    CommError::Remote(format!(
+        "`{command}` {how}: {}",
+        String::from_utf8_lossy(stderr).trim()
+    ))
 }
 
 /// Maps a russh error during an operation: a dead session is a disconnect.
