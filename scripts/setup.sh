@@ -8,6 +8,8 @@ packages=(
   openssh-server openssh-client
   # `kiln validate` benchmark.
   hyperfine
+  # The docker builder's tests: an engine, a registry and base images made locally.
+  docker.io docker-registry busybox-static mmdebstrap
 )
 
 missing=()

@@ -1,4 +1,5 @@
-//! Test fixtures shared by Kiln crates: a throwaway OpenSSH server on a loopback port.
+//! Test fixtures shared by Kiln crates: a throwaway OpenSSH server on a loopback port, and (in
+//! [`docker`]) a Docker engine, a registry and base images.
 //!
 //! [`Sshd::start`] runs Debian's `/usr/sbin/sshd -D -e` with its own config, host key and
 //! authorized keys in a temp dir, waits until it reports that it listens, and kills it (and every
@@ -6,6 +7,8 @@
 //! kernel kills sshd too (`PR_SET_PDEATHSIG`, tied to the thread that started it: keep an `Sshd`
 //! on that thread). Without `/usr/sbin/sshd` it returns `None` after a note, or panics when `CI`
 //! is set so that CI cannot silently skip SSH tests.
+
+pub mod docker;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
