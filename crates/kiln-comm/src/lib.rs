@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
+pub mod docker;
 mod none;
 pub mod ssh;
 

@@ -242,7 +242,10 @@ pub fn busybox_image(changes: &[&str]) -> String {
         hash.update([0]);
     }
     let name = format!("kiln-test/busybox:{}", &hex(&hash.finalize())[..12]);
-    if matches!(api("GET", &format!("/images/{name}/json"), &[]), Ok((200, _))) {
+    if matches!(
+        api("GET", &format!("/images/{name}/json"), &[]),
+        Ok((200, _))
+    ) {
         return name;
     }
     let (repo, tag) = name.split_once(':').unwrap();
@@ -258,6 +261,48 @@ pub fn busybox_image(changes: &[&str]) -> String {
         "importing {name} failed ({status}): {body}"
     );
     name
+}
+
+/// Removes the container it names (with force) when dropped, so a failing test leaves nothing.
+#[derive(Debug)]
+pub struct RemoveOnDrop(pub String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        remove_container(&self.0);
+    }
+}
+
+/// Removes a container (with force), ignoring one that does not exist.
+pub fn remove_container(id: &str) {
+    let (status, body) =
+        api("DELETE", &format!("/containers/{id}?force=1&v=1"), &[]).expect("remove container");
+    assert!(
+        matches!(status, 204 | 404),
+        "removing container {id} failed ({status}): {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+/// Removes an image (with force), ignoring one that does not exist.
+pub fn remove_image(name: &str) {
+    let (status, body) =
+        api("DELETE", &format!("/images/{name}?force=1"), &[]).expect("remove image");
+    assert!(
+        matches!(status, 200 | 404),
+        "removing image {name} failed ({status}): {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+/// The ids of all containers, running or not.
+pub fn container_ids() -> Vec<String> {
+    let (status, body) = api("GET", "/containers/json?all=1", &[]).expect("list containers");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("container list");
+    list.iter()
+        .filter_map(|c| c["Id"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// A deterministic tarball of a busybox root filesystem.

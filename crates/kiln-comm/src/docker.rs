@@ -1,0 +1,564 @@
+//! The docker communicator: commands through the Engine API's exec endpoints, files through its
+//! archive endpoints as tar streams (a directory travels as one stream).
+//!
+//! Uploads are packed with numeric owner `0:0` whatever the local owner is, then given the
+//! requested owner (or, with `fix_upload_owner`, the container's user) with `chown`.
+
+use std::path::{Component, Path, PathBuf};
+
+use async_trait::async_trait;
+use bollard::container::LogOutput;
+use bollard::errors::Error as ApiError;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::query_parameters::{DownloadFromContainerOptions, UploadToContainerOptions};
+use bollard::Docker;
+use futures_util::{StreamExt, TryStreamExt};
+use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+
+use crate::{
+    CommError, Communicator, ExitStatus, OutputSink, RemoteCommand, Stream, UploadOptions,
+    UploadSource,
+};
+
+/// Bytes buffered between the tar (un)packer thread and the engine connection.
+const PIPE_BUFFER: usize = 256 * 1024;
+
+/// The way into a running container.
+#[derive(Clone)]
+pub struct DockerCommunicator {
+    docker: Docker,
+    container: String,
+    /// The user commands run as; the container's own when `None`.
+    user: Option<String>,
+    /// Give uploads to `user` (Packer's `fix_upload_owner`) when no owner is asked for.
+    fix_upload_owner: bool,
+}
+
+impl DockerCommunicator {
+    /// A communicator for `container` (id or name) on the engine `docker`.
+    pub fn new(docker: Docker, container: impl Into<String>) -> DockerCommunicator {
+        DockerCommunicator {
+            docker,
+            container: container.into(),
+            user: None,
+            fix_upload_owner: true,
+        }
+    }
+
+    /// Runs commands as `user` (`name`, `uid`, `name:group` or `uid:gid`).
+    pub fn with_user(mut self, user: Option<String>) -> DockerCommunicator {
+        self.user = user.filter(|u| !u.is_empty());
+        self
+    }
+
+    /// Whether uploads without an explicit owner go to the container's user (default true).
+    pub fn with_fix_upload_owner(mut self, fix: bool) -> DockerCommunicator {
+        self.fix_upload_owner = fix;
+        self
+    }
+
+    pub fn container(&self) -> &str {
+        &self.container
+    }
+
+    /// Runs `command` as root and fails unless it exits with 0 (for chown/chmod after uploads).
+    async fn run_checked(&self, command: String) -> Result<(), CommError> {
+        let cmd = RemoteCommand {
+            command,
+            ..RemoteCommand::default()
+        };
+        let mut stderr = String::new();
+        let status = self
+            .exec_as(&cmd, Some("0"), &mut |stream, line: &str| {
+                if stream == Stream::Stderr {
+                    stderr.push_str(line);
+                    stderr.push('\n');
+                }
+            })
+            .await?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(CommError::Remote(format!(
+                "`{}` ended with {status:?}: {}",
+                cmd.command,
+                stderr.trim_end()
+            )))
+        }
+    }
+
+    async fn exec_as(
+        &self,
+        cmd: &RemoteCommand,
+        user: Option<&str>,
+        out: &mut dyn OutputSink,
+    ) -> Result<ExitStatus, CommError> {
+        let env: Vec<String> = cmd.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let config = CreateExecOptions {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(cmd.pty),
+            env: Some(env),
+            cmd: Some(vec![
+                "/bin/sh".to_string(),
+                "-c".to_string(),
+                cmd.command.clone(),
+            ]),
+            user: user.map(str::to_owned),
+            working_dir: cmd.workdir.clone(),
+            ..CreateExecOptions::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(&self.container, config)
+            .await
+            .map_err(api_error)?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None::<StartExecOptions>)
+            .await
+            .map_err(api_error)?;
+        let StartExecResults::Attached { mut output, .. } = started else {
+            unreachable!("an exec started without `detach` is attached");
+        };
+        let mut lines = Lines::default();
+        while let Some(chunk) = output.next().await {
+            match chunk.map_err(api_error)? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    lines.push(Stream::Stdout, &message, out)
+                }
+                LogOutput::StdErr { message } => lines.push(Stream::Stderr, &message, out),
+                LogOutput::StdIn { .. } => {}
+            }
+        }
+        lines.finish(out);
+        let inspect = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(api_error)?;
+        Ok(match inspect.exit_code {
+            Some(code) => ExitStatus::Code(code as i32),
+            None => ExitStatus::Disconnected,
+        })
+    }
+
+    /// Gives `path` the owner the caller asked for, or the container's user.
+    async fn fix_owner(
+        &self,
+        path: &str,
+        opts: &UploadOptions,
+        recursive: bool,
+    ) -> Result<(), CommError> {
+        let owner = match (&opts.owner, &self.user) {
+            (Some(owner), _) => owner,
+            (None, Some(user)) if self.fix_upload_owner && !is_root(user) => user,
+            _ => return Ok(()),
+        };
+        let flag = if recursive { "-R " } else { "" };
+        self.run_checked(format!(
+            "chown {flag}{} {}",
+            shell_quote(owner),
+            shell_quote(path)
+        ))
+        .await
+    }
+
+    /// Streams the tar that `pack` writes into the container, unpacked at `/`.
+    async fn put_archive(
+        &self,
+        local: &Path,
+        pack: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<(), CommError> {
+        let (reader, writer) = tokio::io::duplex(PIPE_BUFFER);
+        let packer = tokio::task::spawn_blocking(move || {
+            let mut buffered =
+                std::io::BufWriter::with_capacity(PIPE_BUFFER, SyncIoBridge::new(writer));
+            pack(&mut buffered)?;
+            buffered
+                .into_inner()
+                .map_err(|e| e.into_error())?
+                .shutdown()
+        });
+        let options = UploadToContainerOptions {
+            path: "/".to_string(),
+            no_overwrite_dir_non_dir: None,
+            copy_uidgid: None,
+        };
+        let sent = self
+            .docker
+            .upload_to_container(
+                &self.container,
+                Some(options),
+                bollard::body_try_stream(ReaderStream::new(reader)),
+            )
+            .await
+            .map_err(api_error);
+        match packer.await.expect("the tar packer does not panic") {
+            // A broken pipe only echoes the engine's failure that `sent` reports.
+            Err(source) if source.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(CommError::Local {
+                    path: local.to_owned(),
+                    source,
+                })
+            }
+            _ => sent,
+        }
+    }
+
+    /// Streams the archive of the container's `src` into `unpack` (on a blocking thread).
+    async fn get_archive<T: Send + 'static>(
+        &self,
+        src: &str,
+        local: &Path,
+        unpack: impl FnOnce(tar::Archive<&mut dyn std::io::Read>) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, CommError> {
+        let options = DownloadFromContainerOptions {
+            path: src.to_string(),
+        };
+        let mut stream = self
+            .docker
+            .download_from_container(&self.container, Some(options))
+            .peekable();
+        // The first item tells whether the path exists; report that as the engine says it.
+        if let Some(Err(_)) = std::pin::Pin::new(&mut stream).peek().await {
+            let Some(Err(err)) = stream.next().await else {
+                unreachable!("peeked an error")
+            };
+            return Err(api_error(err));
+        }
+        let reader = StreamReader::new(stream.map_err(std::io::Error::other));
+        let result = tokio::task::spawn_blocking(move || {
+            let mut bridge = SyncIoBridge::new(Box::pin(reader));
+            unpack(tar::Archive::new(&mut bridge as &mut dyn std::io::Read))
+        })
+        .await
+        .expect("the tar unpacker does not panic");
+        result.map_err(|source| CommError::Local {
+            path: local.to_owned(),
+            source,
+        })
+    }
+}
+
+#[async_trait]
+impl Communicator for DockerCommunicator {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn exec(
+        &self,
+        cmd: &RemoteCommand,
+        out: &mut dyn OutputSink,
+    ) -> Result<ExitStatus, CommError> {
+        self.exec_as(cmd, self.user.as_deref(), out).await
+    }
+
+    async fn upload(
+        &self,
+        src: UploadSource,
+        dest: &str,
+        opts: &UploadOptions,
+    ) -> Result<(), CommError> {
+        let name = archive_name(dest)?;
+        let mode = opts.mode.unwrap_or(0o644);
+        let local = match &src {
+            UploadSource::File(path) => path.clone(),
+            UploadSource::Bytes(_) => PathBuf::from("<memory>"),
+        };
+        let (size, mtime) = match &src {
+            UploadSource::File(path) => {
+                let meta = tokio::fs::metadata(path)
+                    .await
+                    .map_err(|source| CommError::Local {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let mtime = meta.modified().ok().and_then(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_secs())
+                });
+                (meta.len(), mtime.unwrap_or(0))
+            }
+            UploadSource::Bytes(bytes) => (bytes.len() as u64, now()),
+        };
+        self.put_archive(&local, move |out| {
+            let mut tar = tar::Builder::new(out);
+            let mut header = owned_header(tar::EntryType::Regular, mode, mtime);
+            header.set_size(size);
+            match src {
+                UploadSource::File(path) => {
+                    tar.append_data(&mut header, &name, std::fs::File::open(path)?)?
+                }
+                UploadSource::Bytes(bytes) => {
+                    tar.append_data(&mut header, &name, bytes.as_slice())?
+                }
+            }
+            tar.finish()
+        })
+        .await?;
+        self.fix_owner(dest, opts, false).await
+    }
+
+    async fn upload_dir(
+        &self,
+        src: &Path,
+        dest: &str,
+        opts: &UploadOptions,
+    ) -> Result<(), CommError> {
+        let metadata = tokio::fs::metadata(src)
+            .await
+            .map_err(|source| CommError::Local {
+                path: src.to_owned(),
+                source,
+            })?;
+        if !metadata.is_dir() {
+            return Err(CommError::Local {
+                path: src.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+            });
+        }
+        let name = archive_name(dest)?;
+        let root = src.to_owned();
+        let mode = opts.mode;
+        self.put_archive(src, move |out| {
+            let mut tar = tar::Builder::new(out);
+            append_tree(&mut tar, &root, &name, mode)?;
+            tar.finish()
+        })
+        .await?;
+        self.fix_owner(dest, opts, true).await
+    }
+
+    async fn download(&self, src: &str, dest: &Path) -> Result<(), CommError> {
+        let target = dest.to_owned();
+        let result = self
+            .get_archive(src, dest, move |mut archive| {
+                let mut entries = archive.entries()?;
+                let mut entry = entries.next().ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "empty archive")
+                })??;
+                if entry.header().entry_type().is_dir() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::IsADirectory,
+                        "the remote path is a directory",
+                    ));
+                }
+                let mut file = std::fs::File::create(&target)?;
+                std::io::copy(&mut entry, &mut file)?;
+                Ok(())
+            })
+            .await;
+        if result.is_err() {
+            tokio::fs::remove_file(dest).await.ok();
+        }
+        result
+    }
+
+    async fn download_dir(&self, src: &str, dest: &Path) -> Result<(), CommError> {
+        tokio::fs::create_dir_all(dest)
+            .await
+            .map_err(|source| CommError::Local {
+                path: dest.to_owned(),
+                source,
+            })?;
+        let root = dest.to_owned();
+        self.get_archive(src, dest, move |mut archive| {
+            // The archive holds `src`'s own name first: strip it, keep what is below.
+            for entry in archive.entries()? {
+                let mut entry = entry?;
+                let path = entry.path()?.into_owned();
+                let rest: PathBuf = path.components().skip(1).collect();
+                if rest.as_os_str().is_empty() {
+                    continue;
+                }
+                if !rest.components().all(|c| matches!(c, Component::Normal(_))) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("unsafe path `{}` in the archive", path.display()),
+                    ));
+                }
+                entry.set_preserve_permissions(true);
+                entry.unpack(root.join(rest))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Splits output chunks into lines per stream.
+#[derive(Default)]
+struct Lines {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Lines {
+    fn push(&mut self, stream: Stream, chunk: &[u8], out: &mut dyn OutputSink) {
+        let buf = match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        };
+        buf.extend_from_slice(chunk);
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            emit(stream, &line[..end], out);
+        }
+    }
+
+    fn finish(self, out: &mut dyn OutputSink) {
+        for (stream, rest) in [(Stream::Stdout, self.stdout), (Stream::Stderr, self.stderr)] {
+            if !rest.is_empty() {
+                emit(stream, &rest, out);
+            }
+        }
+    }
+}
+
+fn emit(stream: Stream, line: &[u8], out: &mut dyn OutputSink) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    out.line(stream, &String::from_utf8_lossy(line));
+}
+
+/// The archive entry name for the container path `dest`, relative to `/` (where archives are
+/// unpacked; missing parent directories are created).
+fn archive_name(dest: &str) -> Result<PathBuf, CommError> {
+    let path = Path::new(dest);
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(CommError::Remote(format!(
+            "the docker communicator needs an absolute path without `..`, not `{dest}`"
+        )));
+    }
+    let name: PathBuf = path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    Ok(if name.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        name
+    })
+}
+
+/// Appends the directory `dir` as `name`, recursively, sorted, owned by `0:0`; regular files get
+/// `mode` when given (directories keep theirs).
+fn append_tree<W: std::io::Write>(
+    tar: &mut tar::Builder<W>,
+    dir: &Path,
+    name: &Path,
+    mode: Option<u32>,
+) -> std::io::Result<()> {
+    let meta = std::fs::metadata(dir)?;
+    let mut header = local_header(&meta, tar::EntryType::Directory);
+    tar.append_data(&mut header, name, std::io::empty())?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|entry| entry.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let entry_name = name.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&path)?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            append_tree(tar, &path, &entry_name, mode)?;
+        } else if kind.is_file() {
+            let mut header = local_header(&meta, tar::EntryType::Regular);
+            header.set_size(meta.len());
+            if let Some(mode) = mode {
+                header.set_mode(mode);
+            }
+            tar.append_data(&mut header, &entry_name, std::fs::File::open(&path)?)?;
+        } else if kind.is_symlink() {
+            let mut header = local_header(&meta, tar::EntryType::Symlink);
+            tar.append_link(&mut header, &entry_name, std::fs::read_link(&path)?)?;
+        }
+        // Sockets, fifos and devices are not uploaded.
+    }
+    Ok(())
+}
+
+fn local_header(meta: &std::fs::Metadata, kind: tar::EntryType) -> tar::Header {
+    use std::os::unix::fs::MetadataExt;
+    owned_header(kind, meta.mode() & 0o7777, meta.mtime().max(0) as u64)
+}
+
+/// A header owned by `0:0`.
+fn owned_header(kind: tar::EntryType, mode: u32, mtime: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_mtime(mtime);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_size(0);
+    header
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn is_root(user: &str) -> bool {
+    matches!(user.split(':').next(), Some("root" | "0"))
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Maps an Engine API error: a container that is gone or stopped is a lost connection, a refusal
+/// is the engine's message, a transport failure cannot reach the machine.
+fn api_error(err: ApiError) -> CommError {
+    match err {
+        ApiError::DockerResponseServerError {
+            status_code,
+            message,
+        } => {
+            if status_code == 409 && message.contains("not running") {
+                CommError::Disconnected
+            } else {
+                CommError::Remote(message)
+            }
+        }
+        other => CommError::Connect(Box::new(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_names_are_relative_to_the_root() {
+        assert_eq!(archive_name("/tmp/x").unwrap(), PathBuf::from("tmp/x"));
+        assert_eq!(archive_name("/").unwrap(), PathBuf::from("."));
+        assert_eq!(archive_name("/a/./b/").unwrap(), PathBuf::from("a/b"));
+        assert!(archive_name("/a/../b").is_err());
+        assert!(archive_name("relative").is_err());
+    }
+
+    #[test]
+    fn lines_split_across_chunks_and_streams() {
+        let mut seen = Vec::new();
+        let mut sink = |s: Stream, l: &str| seen.push((s, l.to_string()));
+        let mut lines = Lines::default();
+        lines.push(Stream::Stdout, b"a\nb", &mut sink);
+        lines.push(Stream::Stderr, b"e\r\n", &mut sink);
+        lines.push(Stream::Stdout, b"c\n", &mut sink);
+        lines.push(Stream::Stdout, b"tail", &mut sink);
+        lines.finish(&mut sink);
+        assert_eq!(
+            seen,
+            [
+                (Stream::Stdout, "a".to_string()),
+                (Stream::Stderr, "e".to_string()),
+                (Stream::Stdout, "bc".to_string()),
+                (Stream::Stdout, "tail".to_string()),
+            ]
+        );
+    }
+}
