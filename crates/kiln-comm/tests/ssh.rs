@@ -11,7 +11,7 @@ use kiln_comm::ssh::{
 use kiln_comm::{
     CommError, Communicator, ExitStatus, RemoteCommand, Stream, UploadOptions, UploadSource,
 };
-use kiln_testkit::{free_port, Sshd, SshdOptions};
+use kiln_testkit::{ensure_password_user, free_port, Sshd, SshdOptions};
 
 /// Starts an sshd, or returns from the test when sshd is not installed (outside CI).
 macro_rules! sshd {
@@ -562,4 +562,27 @@ async fn through_a_bastion() {
         "{}",
         bastion.log()
     );
+}
+
+#[tokio::test]
+async fn password_login() {
+    let sshd = sshd!(SshdOptions {
+        password_auth: true,
+        ..Default::default()
+    });
+    if !ensure_password_user("kiln-ssh-test", "correct horse") {
+        return;
+    }
+    let login = SshConfig {
+        ssh_username: Some("kiln-ssh-test".into()),
+        ssh_private_key_file: None,
+        ssh_password: Some(kiln_comm::ssh::Secret::new("correct horse")),
+        ..config(&sshd)
+    };
+    let comm = SshCommunicator::connect(&login)
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), sshd.log()));
+    let (status, lines) = run(&comm, command("id -un")).await;
+    assert_eq!(status, ExitStatus::Code(0));
+    assert_eq!(lines, [(Stream::Stdout, "kiln-ssh-test".to_owned())]);
 }

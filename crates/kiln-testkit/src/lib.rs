@@ -189,6 +189,38 @@ impl Drop for Sshd {
     }
 }
 
+/// Makes sure the local user `name` exists (with a home and `/bin/sh` as its shell) and has
+/// `password`, for password-login tests. This changes the machine's user database, so it only
+/// runs as root, on a throwaway machine; returns `false` (after a note) otherwise.
+pub fn ensure_password_user(name: &str, password: &str) -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("note: skipping: creating the test user `{name}` needs root");
+        return false;
+    }
+    let exists = Command::new("id")
+        .args(["-u", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !exists {
+        let status = Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", name])
+            .status()
+            .expect("run useradd");
+        assert!(status.success(), "useradd {name} failed");
+    }
+    let mut chpasswd = Command::new("chpasswd")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run chpasswd");
+    use std::io::Write;
+    writeln!(chpasswd.stdin.take().unwrap(), "{name}:{password}").unwrap();
+    assert!(chpasswd.wait().unwrap().success(), "chpasswd failed");
+    true
+}
+
 fn keygen(path: &Path) {
     let status = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-test", "-f"])

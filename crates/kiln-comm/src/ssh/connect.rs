@@ -67,6 +67,8 @@ pub enum AttemptError {
     },
     #[error("{target} accepted the connection but sent no SSH banner within {}", format_waited(*.waited))]
     NoBanner { target: String, waited: Duration },
+    #[error("{target} stopped answering during the login (waited {})", format_waited(*.waited))]
+    LoginStalled { target: String, waited: Duration },
     #[error("the SSH handshake with {target} failed")]
     Handshake {
         target: String,
@@ -311,7 +313,8 @@ async fn open(
             source: Box::new(source),
         })
     };
-    let result = tokio::time::timeout(limit, handshake).await;
+    let until = tokio::time::Instant::now() + limit;
+    let result = tokio::time::timeout_at(until, handshake).await;
     let seen = seen.lock().unwrap().take();
     let (mut handle, host_key) = match (result, seen) {
         (_, Some(Err((expected, got)))) => {
@@ -331,10 +334,14 @@ async fn open(
             }))
         }
     };
-    authenticate(&mut handle, login)
-        .await
-        .map_err(Failure::Retry)?;
-    Ok((handle, host_key))
+    match tokio::time::timeout_at(until, authenticate(&mut handle, login)).await {
+        Ok(Ok(())) => Ok((handle, host_key)),
+        Ok(Err(error)) => Err(Failure::Retry(error)),
+        Err(_) => Err(Failure::Retry(AttemptError::LoginStalled {
+            target,
+            waited: limit,
+        })),
+    }
 }
 
 async fn authenticate(handle: &mut Handle<Client>, login: &Login) -> Result<(), AttemptError> {
