@@ -9,8 +9,8 @@ use kiln_comm::{Communicator, NoneCommunicator};
 use kiln_core::artifact::Artifact;
 use kiln_core::component::{Builder, BuilderKind, ConnInfo, OptionSpec, ProvisionHook, Registry};
 use kiln_core::diag::{Diagnostic, Diagnostics};
-use kiln_core::plan::Config;
 use kiln_core::event::Level;
+use kiln_core::plan::Config;
 use kiln_core::runner::{run_steps, BuildCtx, BuildError, CleanupCtx, Step};
 use kiln_core::sensitive::Sensitive;
 use serde::Deserialize;
@@ -41,22 +41,62 @@ macro_rules! opt {
 }
 
 const OPTIONS: &[OptionSpec] = &[
-    opt!("communicator", "string", "How provisioners reach the machine: `none` or `ssh`."),
+    opt!(
+        "communicator",
+        "string",
+        "How provisioners reach the machine: `none` or `ssh`."
+    ),
     opt!("ssh_host", "string", "Address of the existing machine."),
     opt!("ssh_port", "number", "Port of the machine's SSH server."),
     opt!("ssh_username", "string", "User to log in as."),
     opt!("ssh_password", "string", "Password for `ssh_username`."),
-    opt!("ssh_private_key_file", "string", "Private key file for `ssh_username`."),
+    opt!(
+        "ssh_private_key_file",
+        "string",
+        "Private key file for `ssh_username`."
+    ),
     opt!("ssh_pty", "bool", "Run commands in a pseudo-terminal."),
-    opt!("ssh_timeout", "duration", "How long to wait for an SSH login."),
-    opt!("ssh_keep_alive_interval", "duration", "Interval of keep-alive messages; `0` disables them."),
-    opt!("ssh_host_key_fingerprint", "string", "Expected host key fingerprint (`SHA256:...`)."),
-    opt!("ssh_bastion_host", "string", "Jump host to reach the machine through."),
-    opt!("ssh_bastion_port", "number", "Port of the jump host's SSH server."),
+    opt!(
+        "ssh_timeout",
+        "duration",
+        "How long to wait for an SSH login."
+    ),
+    opt!(
+        "ssh_keep_alive_interval",
+        "duration",
+        "Interval of keep-alive messages; `0` disables them."
+    ),
+    opt!(
+        "ssh_host_key_fingerprint",
+        "string",
+        "Expected host key fingerprint (`SHA256:...`)."
+    ),
+    opt!(
+        "ssh_bastion_host",
+        "string",
+        "Jump host to reach the machine through."
+    ),
+    opt!(
+        "ssh_bastion_port",
+        "number",
+        "Port of the jump host's SSH server."
+    ),
     opt!("ssh_bastion_username", "string", "User on the jump host."),
-    opt!("ssh_bastion_password", "string", "Password on the jump host."),
-    opt!("ssh_bastion_private_key_file", "string", "Private key file for the jump host."),
-    opt!("ssh_handshake_attempts", "number", "How many rejected logins to tolerate."),
+    opt!(
+        "ssh_bastion_password",
+        "string",
+        "Password on the jump host."
+    ),
+    opt!(
+        "ssh_bastion_private_key_file",
+        "string",
+        "Private key file for the jump host."
+    ),
+    opt!(
+        "ssh_handshake_attempts",
+        "number",
+        "How many rejected logins to tolerate."
+    ),
 ];
 
 /// The options as written (see `docs/builders/null.md`).
@@ -186,12 +226,14 @@ impl Step<NullState> for Connect<'_> {
         };
         let host = ssh.ssh_host.clone().unwrap_or_default();
         let private_key = match &ssh.ssh_private_key_file {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|source| {
-                ConnectError::ReadKey {
-                    path: path.clone(),
-                    source,
-                }
-            })?),
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| ConnectError::ReadKey {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         ctx.events.waiting(

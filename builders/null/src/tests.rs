@@ -67,7 +67,10 @@ fn ssh_needs_a_host_and_a_user_and_an_existing_key() {
         "communicator": "ssh", "ssh_host": "127.0.0.1", "ssh_username": "root",
         "ssh_private_key_file": "/nonexistent/key",
     }));
-    assert!(d.to_string().contains("`/nonexistent/key` does not exist"), "{d}");
+    assert!(
+        d.to_string().contains("`/nonexistent/key` does not exist"),
+        "{d}"
+    );
     assert!(NullKind
         .configure(&config(json!({
             "communicator": "ssh", "ssh_host": "127.0.0.1", "ssh_username": "root",

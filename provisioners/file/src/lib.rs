@@ -31,12 +31,42 @@ macro_rules! opt {
 }
 
 const OPTIONS: &[OptionSpec] = &[
-    opt!("source", "string", false, "The file or directory to copy; a trailing `/` on a directory copies its contents."),
-    opt!("sources", "list(string)", false, "Several files or directories to copy into the `destination` directory."),
-    opt!("content", "string", false, "Text to write to `destination` (upload only)."),
-    opt!("destination", "string", true, "Where to copy to; a trailing `/` names a directory."),
-    opt!("direction", "string", false, "`upload` (to the machine, the default) or `download` (from it)."),
-    opt!("generated", "bool", false, "The local source is made during the build, so it is not checked beforehand."),
+    opt!(
+        "source",
+        "string",
+        false,
+        "The file or directory to copy; a trailing `/` on a directory copies its contents."
+    ),
+    opt!(
+        "sources",
+        "list(string)",
+        false,
+        "Several files or directories to copy into the `destination` directory."
+    ),
+    opt!(
+        "content",
+        "string",
+        false,
+        "Text to write to `destination` (upload only)."
+    ),
+    opt!(
+        "destination",
+        "string",
+        true,
+        "Where to copy to; a trailing `/` names a directory."
+    ),
+    opt!(
+        "direction",
+        "string",
+        false,
+        "`upload` (to the machine, the default) or `download` (from it)."
+    ),
+    opt!(
+        "generated",
+        "bool",
+        false,
+        "The local source is made during the build, so it is not checked beforehand."
+    ),
 ];
 
 /// The options as written (see `docs/provisioners/file.md`).
@@ -148,7 +178,9 @@ impl ProvisionerKind for FileKind {
                             diags.push(
                                 Diagnostic::error(format!("`{source}` does not exist"))
                                     .at(config.span_of(key))
-                                    .with_help("set `generated = true` if an earlier step makes it"),
+                                    .with_help(
+                                        "set `generated = true` if an earlier step makes it",
+                                    ),
                             );
                         }
                     }
@@ -184,7 +216,11 @@ fn base_name(path: &str) -> &str {
 /// several sources), else `destination` itself.
 fn target(destination: &str, source: &str, into_dir: bool) -> String {
     if into_dir || destination.ends_with('/') {
-        format!("{}/{}", destination.trim_end_matches('/'), base_name(source))
+        format!(
+            "{}/{}",
+            destination.trim_end_matches('/'),
+            base_name(source)
+        )
     } else {
         destination.to_string()
     }
@@ -202,7 +238,11 @@ impl File {
             (dest, result)
         } else if meta.is_dir() {
             // `dir`: the directory itself goes into the destination.
-            let dest = format!("{}/{}", self.destination.trim_end_matches('/'), base_name(source));
+            let dest = format!(
+                "{}/{}",
+                self.destination.trim_end_matches('/'),
+                base_name(source)
+            );
             let result = comm.upload_dir(Path::new(source), &dest, &opts).await;
             (dest, result)
         } else {
@@ -306,7 +346,10 @@ mod tests {
 
     #[test]
     fn targets_follow_trailing_slashes() {
-        assert_eq!(target("/etc/app.conf", "conf/a.conf", false), "/etc/app.conf");
+        assert_eq!(
+            target("/etc/app.conf", "conf/a.conf", false),
+            "/etc/app.conf"
+        );
         assert_eq!(target("/etc/app/", "conf/a.conf", false), "/etc/app/a.conf");
         assert_eq!(target("/etc/app", "conf/a.conf", true), "/etc/app/a.conf");
         assert_eq!(base_name("dir/sub/"), "sub");

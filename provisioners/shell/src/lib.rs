@@ -40,22 +40,82 @@ macro_rules! opt {
 }
 
 const OPTIONS: &[OptionSpec] = &[
-    opt!("inline", "list(string)", "Commands written one per line to a script that is uploaded and run."),
-    opt!("script", "string", "Path of a local script to upload and run."),
-    opt!("scripts", "list(string)", "Paths of local scripts to upload and run, in order."),
-    opt!("environment_vars", "list(string)", "Extra environment variables as `KEY=VALUE` strings."),
-    opt!("env", "map(string)", "Extra environment variables as a map; wins over `environment_vars`."),
-    opt!("execute_command", "string", "The command line that runs each script; `{{.Vars}}` and `{{.Path}}` are replaced."),
-    opt!("inline_shebang", "string", "The interpreter line written at the top of the script made from `inline`."),
-    opt!("remote_folder", "string", "Directory on the machine the script is uploaded to."),
+    opt!(
+        "inline",
+        "list(string)",
+        "Commands written one per line to a script that is uploaded and run."
+    ),
+    opt!(
+        "script",
+        "string",
+        "Path of a local script to upload and run."
+    ),
+    opt!(
+        "scripts",
+        "list(string)",
+        "Paths of local scripts to upload and run, in order."
+    ),
+    opt!(
+        "environment_vars",
+        "list(string)",
+        "Extra environment variables as `KEY=VALUE` strings."
+    ),
+    opt!(
+        "env",
+        "map(string)",
+        "Extra environment variables as a map; wins over `environment_vars`."
+    ),
+    opt!(
+        "execute_command",
+        "string",
+        "The command line that runs each script; `{{.Vars}}` and `{{.Path}}` are replaced."
+    ),
+    opt!(
+        "inline_shebang",
+        "string",
+        "The interpreter line written at the top of the script made from `inline`."
+    ),
+    opt!(
+        "remote_folder",
+        "string",
+        "Directory on the machine the script is uploaded to."
+    ),
     opt!("remote_file", "string", "File name of the uploaded script."),
-    opt!("remote_path", "string", "Full path of the uploaded script; wins over `remote_folder` and `remote_file`."),
-    opt!("skip_clean", "bool", "Leave the uploaded script on the machine."),
-    opt!("expect_disconnect", "bool", "A lost connection while a script runs (a reboot) counts as success."),
-    opt!("valid_exit_codes", "list(number)", "Exit codes that count as success."),
-    opt!("start_retry_timeout", "duration", "How long to keep reconnecting when the machine is unreachable at the start."),
-    opt!("pause_after", "duration", "Wait this long after the scripts have run."),
-    opt!("binary", "bool", "Upload scripts unchanged instead of converting CRLF line endings to LF."),
+    opt!(
+        "remote_path",
+        "string",
+        "Full path of the uploaded script; wins over `remote_folder` and `remote_file`."
+    ),
+    opt!(
+        "skip_clean",
+        "bool",
+        "Leave the uploaded script on the machine."
+    ),
+    opt!(
+        "expect_disconnect",
+        "bool",
+        "A lost connection while a script runs (a reboot) counts as success."
+    ),
+    opt!(
+        "valid_exit_codes",
+        "list(number)",
+        "Exit codes that count as success."
+    ),
+    opt!(
+        "start_retry_timeout",
+        "duration",
+        "How long to keep reconnecting when the machine is unreachable at the start."
+    ),
+    opt!(
+        "pause_after",
+        "duration",
+        "Wait this long after the scripts have run."
+    ),
+    opt!(
+        "binary",
+        "bool",
+        "Upload scripts unchanged instead of converting CRLF line endings to LF."
+    ),
 ];
 
 /// Why running `shell` failed.
@@ -75,7 +135,10 @@ pub enum ShellError {
         #[source]
         source: CommError,
     },
-    #[error("{what} (`{command}`) exited with code {code}, expected {}", fmt_codes(valid))]
+    #[error(
+        "{what} (`{command}`) exited with code {code}, expected {}",
+        fmt_codes(valid)
+    )]
     ExitCode {
         what: String,
         command: String,
@@ -137,8 +200,14 @@ impl Provisioner for Shell {
     async fn provision(&self, ctx: &ProvisionCtx<'_>) -> Result<(), kiln_core::BoxError> {
         let settings = &self.0;
         let mut env = vec![
-            ("PACKER_BUILD_NAME".to_string(), ctx.build.source_name.clone()),
-            ("PACKER_BUILDER_TYPE".to_string(), ctx.build.source_type.clone()),
+            (
+                "PACKER_BUILD_NAME".to_string(),
+                ctx.build.source_name.clone(),
+            ),
+            (
+                "PACKER_BUILDER_TYPE".to_string(),
+                ctx.build.source_type.clone(),
+            ),
         ];
         env.extend(settings.env.clone());
         let vars = env
@@ -154,9 +223,10 @@ impl Provisioner for Shell {
             run_script(settings, ctx, script, &command).await?;
         }
         if let Some(pause) = settings.pause_after {
-            ctx.build
-                .events
-                .message(Level::Info, format!("pausing {pause:?} after the shell scripts"));
+            ctx.build.events.message(
+                Level::Info,
+                format!("pausing {pause:?} after the shell scripts"),
+            );
             tokio::time::sleep(pause).await;
         }
         Ok(())
