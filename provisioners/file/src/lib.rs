@@ -170,11 +170,7 @@ impl ProvisionerKind for FileKind {
                 if !opts.generated {
                     for source in &sources {
                         if !Path::new(source).exists() {
-                            let key = if config.span_of("source") == config.span {
-                                "sources"
-                            } else {
-                                "source"
-                            };
+                            let key = if given[1] { "sources" } else { "source" };
                             diags.push(
                                 Diagnostic::error(format!("`{source}` does not exist"))
                                     .at(config.span_of(key))

@@ -283,6 +283,17 @@ async fn run_script(
                 valid: settings.valid_exit_codes.clone(),
             })
         }
+        ExitStatus::Signal(signal) if settings.expect_disconnect => {
+            // A machine going down kills its processes before the connection drops, and the
+            // server may report the signal first.
+            ctx.build.events.message(
+                Level::Info,
+                format!(
+                    "{what} was killed by signal {signal} as the machine went down, as expected"
+                ),
+            );
+            return Ok(());
+        }
         ExitStatus::Signal(signal) => {
             return Err(ShellError::Signal {
                 what: what.clone(),

@@ -262,39 +262,25 @@ async fn a_wrong_pinned_host_key_is_refused() {
     assert!(!host.path("never").exists());
 }
 
-#[test]
-fn expect_disconnect_survives_an_sshd_restart() {
-    let Some(mut host) = Host::start() else {
-        return;
-    };
-    let dir = host.template(
-        r#"
-  provisioner "shell" {
-    inline            = ["echo going down", "sleep 60"]
-    expect_disconnect = true
-  }
-  provisioner "shell" {
-    inline = ["echo back again"]
-  }
-  provisioner "file" {
-    content     = "after the restart"
-    destination = "{{W}}/after"
-  }
-"#,
-    );
+/// Runs the template in `dir` on a multi-threaded runtime while this thread, which owns the sshd
+/// fixture, calls `on_line` for every output line (to stop or restart the server mid-build).
+fn run_watching(
+    dir: &Path,
+    sshd: &mut Sshd,
+    on_line: impl Fn(&str, &mut Sshd),
+) -> (RunSummary, Vec<EventKind>) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (_loaded, plan, registry) = plan(&dir);
+    let (_loaded, plan, registry) = plan(dir);
     let (sink, mut rx) = EventSink::channel(uuid::Uuid::new_v4(), Redactor::default());
     let task =
         runtime.spawn(async move { run_plan(&plan, &registry, RunOptions::default(), sink).await });
     let mut events = Vec::new();
-    // The sshd restart happens on this thread, which owns the fixture.
     while let Some(event) = rx.blocking_recv() {
-        if matches!(&event.kind, EventKind::Output { line, .. } if line == "going down") {
-            host.sshd.restart();
+        if let EventKind::Output { line, .. } = &event.kind {
+            on_line(line, sshd);
         }
         let done = matches!(event.kind, EventKind::RunFinished { .. });
         events.push(event.kind);
@@ -302,12 +288,174 @@ fn expect_disconnect_survives_an_sshd_restart() {
             break;
         }
     }
-    let summary = runtime.block_on(task).unwrap();
+    (runtime.block_on(task).unwrap(), events)
+}
+
+/// A provisioner that says "going down" and then waits to lose its connection.
+const GOING_DOWN: &str = r#"
+  provisioner "shell" {
+    inline            = ["echo going down", "sleep 60"]
+    expect_disconnect = true
+  }
+"#;
+
+#[test]
+fn expect_disconnect_survives_an_sshd_restart_then_shell_reconnects() {
+    let Some(mut host) = Host::start() else {
+        return;
+    };
+    let body = GOING_DOWN.to_string()
+        + r#"
+  provisioner "shell" {
+    inline = ["echo back again"]
+  }
+"#;
+    let dir = host.template(&body);
+    let (summary, events) = run_watching(&dir, &mut host.sshd, |line, sshd| {
+        if line == "going down" {
+            sshd.restart();
+        }
+    });
     assert_ok(&summary, &events);
-    assert!(outputs(&events).contains(&"back again".to_string()));
+    assert_eq!(outputs(&events), ["going down", "back again"]);
+    assert!(messages(&events).iter().any(|m| m.contains("as expected")));
+}
+
+#[test]
+fn expect_disconnect_survives_an_sshd_restart_then_file_reconnects() {
+    let Some(mut host) = Host::start() else {
+        return;
+    };
+    let body = GOING_DOWN.to_string()
+        + r#"
+  provisioner "file" {
+    content     = "after the restart"
+    destination = "{{W}}/after"
+  }
+  provisioner "shell" {
+    inline = ["cat {{W}}/after"]
+  }
+"#;
+    let dir = host.template(&body);
+    let (summary, events) = run_watching(&dir, &mut host.sshd, |line, sshd| {
+        if line == "going down" {
+            sshd.restart();
+        }
+    });
+    assert_ok(&summary, &events);
+    assert_eq!(outputs(&events), ["going down", "after the restart"]);
+}
+
+#[test]
+fn start_retry_timeout_bounds_waiting_for_a_machine_that_stays_down() {
+    let Some(mut host) = Host::start() else {
+        return;
+    };
+    let body = GOING_DOWN.to_string()
+        + r#"
+  provisioner "shell" {
+    start_retry_timeout = "2s"
+    inline              = ["touch {{W}}/never"]
+  }
+"#;
+    let dir = host.template(&body);
+    let start = Instant::now();
+    let (summary, _) = run_watching(&dir, &mut host.sshd, |line, sshd| {
+        if line == "going down" {
+            sshd.stop();
+        }
+    });
+    let error = error(&summary);
+    assert!(error.contains("provisioner 2 (shell)"), "{error}");
+    assert!(
+        error.contains("still unreachable after `start_retry_timeout` (2s)"),
+        "{error}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "ssh_timeout is 30s"
+    );
+    assert!(!host.path("never").exists());
+}
+
+#[tokio::test]
+async fn execute_command_and_inline_shebang_are_used() {
+    let Some(host) = Host::start() else { return };
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    environment_vars = ["A=x y"]
+    execute_command  = "echo custom {{.Vars}}; /bin/sh {{.Path}}"
+    inline           = ["echo \"$A\""]
+  }
+  provisioner "shell" {
+    inline_shebang = "/bin/bash"
+    inline         = ["echo $${BASH_VERSION:+bash}"]
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
     assert_eq!(
-        std::fs::read_to_string(host.path("after")).unwrap(),
-        "after the restart"
+        outputs(&events),
+        [
+            "custom PACKER_BUILD_NAME=host PACKER_BUILDER_TYPE=null A=x y",
+            "",
+            "bash"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn first_use_host_key_and_build_variables() {
+    let Some(host) = Host::start() else { return };
+    let sources = format!(
+        r#"
+source "null" "host" {{
+  communicator         = "ssh"
+  ssh_host             = "127.0.0.1"
+  ssh_port             = {}
+  ssh_username         = "root"
+  ssh_private_key_file = "{}"
+}}
+"#,
+        host.sshd.port(),
+        host.sshd.client_key().display()
+    );
+    let dir = host.template_with(
+        &sources,
+        "host",
+        r#"
+  provisioner "shell" {
+    inline = [
+      "echo '${build.ConnType} ${build.Host}:${build.Port} ${build.User}'",
+      "echo '${build.SSHPrivateKey}' | grep -c PRIVATE",
+    ]
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    let port = host.sshd.port();
+    let lines = outputs(&events);
+    assert_eq!(lines[0], format!("ssh 127.0.0.1:{port} root"));
+    assert_eq!(
+        lines[1], "2",
+        "the key (BEGIN and END lines) reached the script"
+    );
+    let key = std::fs::read_to_string(host.sshd.client_key()).unwrap();
+    let key_line = key.lines().nth(1).unwrap();
+    assert!(
+        !format!("{events:?}").contains(key_line),
+        "the private key leaked into an event"
+    );
+    let fingerprint = host.sshd.host_key_fingerprint();
+    assert!(
+        messages(&events)
+            .iter()
+            .any(|m| m.contains("on first use") && m.contains(&fingerprint)),
+        "{:?}",
+        messages(&events)
     );
 }
 
