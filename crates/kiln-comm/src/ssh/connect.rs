@@ -89,6 +89,18 @@ pub enum AttemptError {
     },
 }
 
+impl AttemptError {
+    /// Whether the attempt ran out of time before `HANDSHAKE_LIMIT`, i.e. hit `ssh_timeout`.
+    fn cut_short(&self) -> bool {
+        match self {
+            AttemptError::NoBanner { waited, .. } | AttemptError::LoginStalled { waited, .. } => {
+                *waited < HANDSHAKE_LIMIT
+            }
+            _ => false,
+        }
+    }
+}
+
 fn format_waited(waited: Duration) -> String {
     format!("{:.1}s", waited.as_secs_f64())
 }
@@ -215,14 +227,15 @@ pub(crate) async fn connect(
     let deadline = started + settings.timeout;
     let mut backoff = FIRST_BACKOFF;
     let mut rejections = 0;
+    let mut last: Option<AttemptError> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let last = match attempt(settings, policy, left).await {
+        let error = match attempt(settings, policy, left).await {
             Ok(done) => return Ok(done),
             Err(Failure::Fatal(error)) => return Err(error),
             Err(Failure::Retry(error)) => error,
         };
-        if let AttemptError::AuthRejected { target, user, .. } = &last {
+        if let AttemptError::AuthRejected { target, user, .. } = &error {
             rejections += 1;
             if rejections >= settings.handshake_attempts {
                 return Err(ConnectError::AuthRejected {
@@ -232,13 +245,19 @@ pub(crate) async fn connect(
                 });
             }
         }
+        // An attempt cut short by `ssh_timeout` says less than the one before it.
+        let reason = match last.take() {
+            Some(before) if error.cut_short() => before,
+            _ => error,
+        };
         if Instant::now() + backoff >= deadline {
             return Err(ConnectError::TimedOut {
                 target: settings.machine.target(),
                 waited: started.elapsed(),
-                last,
+                last: reason,
             });
         }
+        last = Some(reason);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -352,11 +371,16 @@ async fn authenticate(handle: &mut Handle<Client>, login: &Login) -> Result<(), 
     };
     let mut offered = String::from("nothing");
     for key in &login.keys {
-        let hash = handle
-            .best_supported_rsa_hash()
-            .await
-            .map_err(handshake)?
-            .flatten();
+        // Only RSA keys need a signature hash, taken from what the server says it supports.
+        let hash = if key.public_key().algorithm().is_rsa() {
+            handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(handshake)?
+                .flatten()
+        } else {
+            None
+        };
         let key = PrivateKeyWithHashAlg::new(key.private_key(), hash);
         match handle
             .authenticate_publickey(&login.user, key)
