@@ -273,49 +273,39 @@ async fn run_script(
             })
         }
     };
-    match status {
-        ExitStatus::Code(code) if settings.valid_exit_codes.contains(&code) => {}
-        ExitStatus::Code(code) => {
-            return Err(ShellError::ExitCode {
-                what: what.clone(),
-                command: command.to_string(),
-                code,
-                valid: settings.valid_exit_codes.clone(),
-            })
-        }
-        ExitStatus::Signal(signal) if settings.expect_disconnect => {
-            // A machine going down kills its processes before the connection drops, and the
-            // server may report the signal first.
-            ctx.build.events.message(
-                Level::Info,
-                format!(
-                    "{what} was killed by signal {signal} as the machine went down, as expected"
-                ),
-            );
-            return Ok(());
-        }
-        ExitStatus::Signal(signal) => {
-            return Err(ShellError::Signal {
-                what: what.clone(),
-                command: command.to_string(),
-                signal,
-            })
-        }
-        ExitStatus::Disconnected if settings.expect_disconnect => {
-            // The machine is going away (a reboot); the next use reconnects. The script stays
-            // where it is: a rebooted machine usually clears its temporary directory anyway.
+    let failure = match status {
+        ExitStatus::Code(code) if settings.valid_exit_codes.contains(&code) => None,
+        ExitStatus::Code(code) => Some(ShellError::ExitCode {
+            what: what.clone(),
+            command: command.to_string(),
+            code,
+            valid: settings.valid_exit_codes.clone(),
+        }),
+        ExitStatus::Signal(signal) => Some(ShellError::Signal {
+            what: what.clone(),
+            command: command.to_string(),
+            signal,
+        }),
+        ExitStatus::Disconnected => Some(ShellError::Disconnected {
+            what: what.clone(),
+            command: command.to_string(),
+        }),
+    };
+    if let Some(failure) = failure {
+        // A machine going down kills its processes before the connection drops, and the
+        // server may report their end first: then only the lost connection tells.
+        let expected = settings.expect_disconnect
+            && (matches!(failure, ShellError::Disconnected { .. }) || connection_lost(comm).await);
+        if expected {
+            // The next use reconnects. The script stays where it is: a rebooted machine
+            // usually clears its temporary directory anyway.
             ctx.build.events.message(
                 Level::Info,
                 format!("the connection was lost while {what} ran, as expected"),
             );
             return Ok(());
         }
-        ExitStatus::Disconnected => {
-            return Err(ShellError::Disconnected {
-                what: what.clone(),
-                command: command.to_string(),
-            })
-        }
+        return Err(failure);
     }
 
     if !settings.skip_clean {
@@ -338,6 +328,25 @@ async fn run_script(
         }
     }
     Ok(())
+}
+
+/// How long [`connection_lost`] waits for an answer from the machine.
+const PROBE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Whether the connection is gone: a trivial command cannot run, or gets no answer.
+async fn connection_lost(comm: &dyn Communicator) -> bool {
+    let probe = RemoteCommand {
+        command: "true".to_string(),
+        ..RemoteCommand::default()
+    };
+    let mut ignore = |_: Stream, _: &str| {};
+    match tokio::time::timeout(PROBE_LIMIT, comm.exec(&probe, &mut ignore)).await {
+        Err(_) => true,
+        Ok(result) => matches!(
+            result,
+            Err(CommError::Disconnected) | Ok(ExitStatus::Disconnected)
+        ),
+    }
 }
 
 /// Runs `op`; while it fails because the connection is lost (after an expected reboot, or a
