@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kiln_core::component::Registry;
-use kiln_core::event::{Event, EventKind, EventSink, Redactor};
+use kiln_core::event::{Event, EventKind, EventSink, OutputStream, Redactor};
 use kiln_core::runner::{run_plan, RunOptions, RunSummary};
 use kiln_core::template::{self, LoadOptions};
 use kiln_testkit::Sshd;
@@ -111,13 +111,19 @@ async fn run(dir: &Path) -> (RunSummary, Vec<EventKind>) {
     (summary, drain(&mut rx))
 }
 
+/// The standard output lines of `shell` (stderr also carries whatever root's login profile
+/// says on this machine).
 fn outputs(events: &[EventKind]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match e {
-            EventKind::Output { source, line, .. } => {
+            EventKind::Output {
+                source,
+                stream,
+                line,
+            } => {
                 assert_eq!(source, "shell");
-                Some(line.clone())
+                (*stream == OutputStream::Stdout).then(|| line.clone())
             }
             _ => None,
         })
@@ -784,4 +790,47 @@ async fn timeout_stops_a_provisioner_that_runs_too_long() {
     let error = error(&summary);
     assert!(error.contains("did not finish within 1s"), "{error}");
     assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test]
+async fn pause_after_waits_after_the_scripts() {
+    let Some(host) = Host::start() else { return };
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    pause_after = "1s"
+    inline      = ["echo before the pause"]
+  }
+"#,
+    );
+    let start = Instant::now();
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    assert!(start.elapsed() >= Duration::from_secs(1));
+    assert!(messages(&events).contains(&"pausing 1s after the shell scripts".to_string()));
+}
+
+#[tokio::test]
+async fn a_generated_source_is_checked_only_when_copied() {
+    let Some(host) = Host::start() else { return };
+    std::fs::create_dir(host.path("remote")).unwrap();
+    // The machine is this one, so a `shell` provisioner can make the local source.
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    inline = ["echo made during the build > {{W}}/generated.txt"]
+  }
+  provisioner "file" {
+    source      = "{{W}}/generated.txt"
+    destination = "{{W}}/remote/"
+    generated   = true
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    assert_eq!(
+        std::fs::read_to_string(host.path("remote/generated.txt")).unwrap(),
+        "made during the build\n"
+    );
 }
