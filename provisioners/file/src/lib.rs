@@ -338,7 +338,69 @@ impl Provisioner for File {
 
 #[cfg(test)]
 mod tests {
+    use kiln_core::diag::{FileId, Span};
+    use kiln_core::plan::ConfigAttr;
+    use serde_json::json;
+
     use super::*;
+
+    const KIND: FileKind = FileKind;
+
+    fn config(attrs: serde_json::Value) -> Config {
+        let serde_json::Value::Object(map) = attrs else {
+            panic!("attrs must be an object")
+        };
+        Config {
+            kind: TYPE_NAME.to_string(),
+            attrs: map
+                .into_iter()
+                .map(|(key, value)| ConfigAttr {
+                    key,
+                    value,
+                    span: Span::new(FileId(0), 10, 20),
+                })
+                .collect(),
+            blocks: Vec::new(),
+            span: Span::new(FileId(0), 0, 30),
+        }
+    }
+
+    fn errors(attrs: serde_json::Value) -> String {
+        match KIND.configure(&config(attrs)) {
+            Ok(_) => panic!("configure accepted an invalid config"),
+            Err(d) => d.to_string(),
+        }
+    }
+
+    #[test]
+    fn invalid_configurations_are_explained() {
+        let e = errors(json!({ "destination": "/tmp/x" }));
+        assert!(
+            e.contains("exactly one of `source`, `sources` or `content`"),
+            "{e}"
+        );
+        let e = errors(json!({ "content": "x", "source": "y", "destination": "/tmp/x" }));
+        assert!(e.contains("exactly one of"), "{e}");
+        let e = errors(json!({ "content": "x", "destination": "/tmp/x", "direction": "sideways" }));
+        assert!(
+            e.contains("`direction` is `sideways`, expected `upload` or `download`"),
+            "{e}"
+        );
+        let e = errors(json!({ "content": "x", "destination": "/tmp/x", "direction": "download" }));
+        assert!(e.contains("`content` can only be uploaded"), "{e}");
+        let e = errors(json!({ "content": "x" }));
+        assert!(e.contains("`destination` is empty"), "{e}");
+        assert!(KIND
+            .configure(&config(json!({
+                "source": "/nonexistent", "destination": "/tmp/", "generated": true,
+            })))
+            .is_ok());
+        assert!(KIND
+            .configure(&config(json!({
+                "source": "/nonexistent/", "destination": "here", "direction": "download",
+            })))
+            .is_ok());
+    }
 
     #[test]
     fn targets_follow_trailing_slashes() {

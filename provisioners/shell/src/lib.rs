@@ -390,3 +390,87 @@ impl kiln_comm::OutputSink for EventOutput<'_> {
         self.0.output(TYPE_NAME, stream, line);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kiln_core::diag::{FileId, Span};
+    use kiln_core::plan::ConfigAttr;
+    use serde_json::json;
+
+    use super::*;
+
+    const KIND: ShellKind = ShellKind;
+
+    fn config(attrs: serde_json::Value) -> Config {
+        let serde_json::Value::Object(map) = attrs else {
+            panic!("attrs must be an object")
+        };
+        Config {
+            kind: TYPE_NAME.to_string(),
+            attrs: map
+                .into_iter()
+                .map(|(key, value)| ConfigAttr {
+                    key,
+                    value,
+                    span: Span::new(FileId(0), 10, 20),
+                })
+                .collect(),
+            blocks: Vec::new(),
+            span: Span::new(FileId(0), 0, 30),
+        }
+    }
+
+    fn errors(attrs: serde_json::Value) -> String {
+        match KIND.configure(&config(attrs)) {
+            Ok(_) => panic!("configure accepted an invalid config"),
+            Err(d) => d.to_string(),
+        }
+    }
+
+    #[test]
+    fn invalid_configurations_are_explained() {
+        let e = errors(json!({}));
+        assert!(
+            e.contains("needs one of `inline`, `script` or `scripts`"),
+            "{e}"
+        );
+        let e = errors(json!({ "inline": ["true"], "script": "x.sh" }));
+        assert!(e.contains("but `inline` and `script` are set"), "{e}");
+        let e = errors(json!({ "script": "/nonexistent/x.sh" }));
+        assert!(e.contains("cannot read script `/nonexistent/x.sh`"), "{e}");
+        let e = errors(json!({ "scripts": [] }));
+        assert!(e.contains("`scripts` is empty"), "{e}");
+        let e = errors(json!({ "inline": ["true"], "environment_vars": ["NOEQUALS"] }));
+        assert!(
+            e.contains("`NOEQUALS` is not of the form `KEY=VALUE`"),
+            "{e}"
+        );
+        let e = errors(json!({ "inline": ["true"], "valid_exit_codes": [] }));
+        assert!(e.contains("`valid_exit_codes` is empty"), "{e}");
+        let e = errors(json!({ "inline": ["true"], "start_retry_timeout": "soon" }));
+        assert!(e.contains("invalid duration `soon`"), "{e}");
+    }
+
+    #[test]
+    fn remote_path_defaults_to_a_random_script_in_tmp() {
+        let settings = Settings::from_config(&config(json!({ "inline": ["true"] }))).unwrap();
+        assert!(
+            settings.remote_path.starts_with("/tmp/script_"),
+            "{}",
+            settings.remote_path
+        );
+        assert!(settings.remote_path.ends_with(".sh"));
+        let settings = Settings::from_config(&config(json!({
+            "inline": ["true"], "remote_folder": "/var/tmp/", "remote_file": "run.sh",
+        })))
+        .unwrap();
+        assert_eq!(settings.remote_path, "/var/tmp/run.sh");
+        let settings = Settings::from_config(&config(json!({
+            "inline": ["a", "b"], "remote_folder": "/x", "remote_path": "/y/z.sh",
+            "inline_shebang": "/bin/bash -eu",
+        })))
+        .unwrap();
+        assert_eq!(settings.remote_path, "/y/z.sh");
+        assert_eq!(settings.scripts[0].content, b"#!/bin/bash -eu\na\nb\n");
+    }
+}
