@@ -834,3 +834,49 @@ async fn a_generated_source_is_checked_only_when_copied() {
         "made during the build\n"
     );
 }
+
+/// How many established TCP connections go to `port` on loopback (IPv4), from `/proc/net/tcp`.
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields[2] == remote && fields[3] == "01"
+        })
+        .count()
+}
+
+#[test]
+fn the_ssh_connection_is_closed_after_the_build() {
+    let Some(mut host) = Host::start() else {
+        return;
+    };
+    let port = host.sshd.port();
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    inline = ["echo provisioning"]
+  }
+"#,
+    );
+    let during = std::cell::Cell::new(0);
+    let (summary, events) = run_watching(&dir, &mut host.sshd, |line, _| {
+        if line == "provisioning" {
+            during.set(connections_to(port));
+        }
+    });
+    assert_ok(&summary, &events);
+    assert_eq!(during.get(), 1, "one session while provisioning");
+    assert!(events.iter().any(
+        |e| matches!(e, EventKind::CleanupFinished { step, ok: true, .. } if step == "connect")
+    ));
+    // The session's task ends right after the communicator is dropped; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connections_to(port) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(connections_to(port), 0, "the connection outlived the build");
+}
