@@ -2,7 +2,7 @@
 //! archive endpoints as tar streams (a directory travels as one stream).
 //!
 //! Uploads are packed with numeric owner `0:0` whatever the local owner is, then given the
-//! requested owner (or, with `fix_upload_owner`, the container's user) with `chown`.
+//! requested owner (or the communicator's upload owner, e.g. the container's user) with `chown`.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -30,8 +30,9 @@ pub struct DockerCommunicator {
     container: String,
     /// The user commands run as; the container's own when `None`.
     user: Option<String>,
-    /// Give uploads to `user` (Packer's `fix_upload_owner`) when no owner is asked for.
-    fix_upload_owner: bool,
+    /// Who gets uploads for which the caller asks no owner (Packer's `fix_upload_owner`);
+    /// they stay `0:0` when `None`.
+    upload_owner: Option<String>,
 }
 
 impl DockerCommunicator {
@@ -41,7 +42,7 @@ impl DockerCommunicator {
             docker,
             container: container.into(),
             user: None,
-            fix_upload_owner: true,
+            upload_owner: None,
         }
     }
 
@@ -51,9 +52,10 @@ impl DockerCommunicator {
         self
     }
 
-    /// Whether uploads without an explicit owner go to the container's user (default true).
-    pub fn with_fix_upload_owner(mut self, fix: bool) -> DockerCommunicator {
-        self.fix_upload_owner = fix;
+    /// Gives uploads without an explicit owner to `owner` (usually the container's user); root
+    /// and `None` leave them owned by `0:0`.
+    pub fn with_upload_owner(mut self, owner: Option<String>) -> DockerCommunicator {
+        self.upload_owner = owner.filter(|o| !o.is_empty() && !is_root(o));
         self
     }
 
@@ -150,10 +152,8 @@ impl DockerCommunicator {
         opts: &UploadOptions,
         recursive: bool,
     ) -> Result<(), CommError> {
-        let owner = match (&opts.owner, &self.user) {
-            (Some(owner), _) => owner,
-            (None, Some(user)) if self.fix_upload_owner && !is_root(user) => user,
-            _ => return Ok(()),
+        let Some(owner) = opts.owner.as_ref().or(self.upload_owner.as_ref()) else {
+            return Ok(());
         };
         let flag = if recursive { "-R " } else { "" };
         self.run_checked(format!(

@@ -295,13 +295,14 @@ pub fn remove_image(name: &str) {
     );
 }
 
-/// The ids of all containers, running or not.
-pub fn container_ids() -> Vec<String> {
+/// The names of all containers, running or not (without the leading `/`).
+pub fn container_names() -> Vec<String> {
     let (status, body) = api("GET", "/containers/json?all=1", &[]).expect("list containers");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let list: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("container list");
     list.iter()
-        .filter_map(|c| c["Id"].as_str().map(str::to_owned))
+        .flat_map(|c| c["Names"].as_array().cloned().unwrap_or_default())
+        .filter_map(|n| n.as_str().map(|n| n.trim_start_matches('/').to_owned()))
         .collect()
 }
 

@@ -1,0 +1,166 @@
+//! Tests of the docker builder's configuration and of the committed image's config.
+
+use std::path::PathBuf;
+
+use bollard::models::{ImageConfig, ImageInspect};
+use kiln_core::diag::{FileId, Span};
+use kiln_core::plan::ConfigAttr;
+use serde_json::{json, Value};
+
+use super::*;
+
+fn config(attrs: Value) -> Config {
+    let Value::Object(map) = attrs else {
+        panic!("attrs must be an object")
+    };
+    Config {
+        kind: TYPE_NAME.to_string(),
+        attrs: map
+            .into_iter()
+            .map(|(key, value)| ConfigAttr {
+                key,
+                value,
+                span: Span::new(FileId(0), 10, 20),
+            })
+            .collect(),
+        blocks: Vec::new(),
+        span: Span::new(FileId(0), 0, 30),
+    }
+}
+
+fn error(attrs: Value) -> String {
+    match settings(&config(attrs), None) {
+        Ok(s) => panic!("accepted an invalid config: {s:?}"),
+        Err(d) => d.to_string(),
+    }
+}
+
+#[test]
+fn defaults_follow_packer() {
+    let s = settings(&config(json!({ "image": "busybox", "commit": true })), None).unwrap();
+    assert!(s.pull);
+    assert!(s.fix_upload_owner);
+    assert_eq!(s.output, Output::Commit);
+    assert_eq!(s.run_command, KEEP_ALIVE);
+    assert_eq!(s.source_date_epoch, None);
+}
+
+#[test]
+fn exactly_one_output_is_required() {
+    let none = error(json!({ "image": "busybox" }));
+    assert!(
+        none.contains("exactly one") && none.contains("none is set"),
+        "{none}"
+    );
+    let two = error(json!({ "image": "busybox", "commit": true, "discard": true }));
+    assert!(two.contains("commit and discard are set"), "{two}");
+    let s = settings(
+        &config(json!({ "image": "busybox", "export_path": "out/image.tar" })),
+        None,
+    )
+    .unwrap();
+    assert_eq!(s.output, Output::Export(PathBuf::from("out/image.tar")));
+}
+
+#[test]
+fn image_is_required_and_run_command_takes_no_cli_flags() {
+    assert!(error(json!({ "commit": true })).contains("needs an `image`"));
+    let flags = error(json!({
+        "image": "busybox",
+        "commit": true,
+        "run_command": ["-d", "-i", "-t", "--", "{{.Image}}"],
+    }));
+    assert!(flags.contains("not `docker run` flags"), "{flags}");
+}
+
+#[test]
+fn source_date_epoch_implies_reproducible_output() {
+    let c = config(json!({ "image": "busybox", "commit": true }));
+    let s = settings(&c, Some("1700000000".to_string())).unwrap();
+    assert_eq!(s.source_date_epoch, Some(1_700_000_000));
+    let off = config(json!({ "image": "busybox", "commit": true, "reproducible": false }));
+    assert_eq!(
+        settings(&off, Some("5".to_string()))
+            .unwrap()
+            .source_date_epoch,
+        None
+    );
+    let on = config(json!({ "image": "busybox", "commit": true, "reproducible": true }));
+    assert_eq!(settings(&on, None).unwrap().source_date_epoch, Some(0));
+    assert!(settings(&c, Some("yesterday".to_string())).is_err());
+}
+
+#[test]
+fn volumes_become_binds_and_login_becomes_credentials() {
+    let s = settings(
+        &config(json!({
+            "image": "busybox",
+            "discard": true,
+            "volumes": { "/host/data": "/data" },
+            "login": true,
+            "login_server": "127.0.0.1:5000",
+            "login_username": "u",
+            "login_password": "p",
+        })),
+        None,
+    )
+    .unwrap();
+    assert_eq!(s.binds, ["/host/data:/data"]);
+    let creds = s.credentials.unwrap();
+    assert_eq!(creds.serveraddress.as_deref(), Some("127.0.0.1:5000"));
+    assert!(
+        error(json!({ "image": "b", "discard": true, "login": true })).contains("login_server")
+    );
+}
+
+#[test]
+fn committed_config_keeps_the_base_and_drops_build_flags() {
+    let base = ImageInspect {
+        config: Some(ImageConfig {
+            cmd: Some(vec!["serve".to_string()]),
+            entrypoint: None,
+            env: Some(vec!["A=1".to_string()]),
+            working_dir: Some("/srv".to_string()),
+            user: Some("nobody".to_string()),
+            ..ImageConfig::default()
+        }),
+        ..ImageInspect::default()
+    };
+    let c = steps::image_config(&base);
+    assert_eq!(c.cmd.as_deref(), Some(&["serve".to_string()][..]));
+    // Present but empty, so that the engine does not fill in the keep-alive command.
+    assert_eq!(c.entrypoint, Some(Vec::new()));
+    assert_eq!(c.env.as_deref(), Some(&["A=1".to_string()][..]));
+    assert_eq!(c.working_dir.as_deref(), Some("/srv"));
+    assert_eq!(c.user.as_deref(), Some("nobody"));
+    assert_eq!((c.tty, c.open_stdin), (Some(false), Some(false)));
+    assert_eq!(c.hostname, None);
+}
+
+#[test]
+fn register_adds_the_kind() {
+    let mut registry = Registry::default();
+    register(&mut registry);
+    assert_eq!(registry.builders["docker"].type_name(), "docker");
+}
+
+#[test]
+fn every_option_is_documented() {
+    let page = manifest_dir().join("../../docs/builders/docker.md");
+    let text = std::fs::read_to_string(&page)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", page.display()));
+    for opt in OPTIONS {
+        assert!(
+            text.contains(&format!("`{}`", opt.name)),
+            "option `{}` is not documented in {}",
+            opt.name,
+            page.display()
+        );
+    }
+}
+
+/// This crate's directory (the compile-time value can name another checkout).
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}

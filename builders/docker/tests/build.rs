@@ -1,0 +1,359 @@
+//! The docker builder against a real engine: templates are planned and run by the runner with
+//! the `shell` and `file` provisioners, then the produced image is run and inspected.
+
+use std::path::{Path, PathBuf};
+
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptions, LogsOptions, StartContainerOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use kiln_core::component::Registry;
+use kiln_core::event::{EventKind, EventSink, Redactor};
+use kiln_core::runner::{run_plan, OnError, RunOptions, RunSummary};
+use kiln_core::template::{self, LoadOptions};
+use kiln_testkit::docker::{busybox_image, container_names, engine, remove_image, RemoveOnDrop};
+
+fn registry() -> Registry {
+    let mut registry = Registry::default();
+    docker::register(&mut registry);
+    shell::register(&mut registry);
+    file::register(&mut registry);
+    registry
+}
+
+fn repo_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../..")
+}
+
+/// Plans and runs the template at `dir` with `vars`; returns the summary and the events.
+async fn build(
+    dir: &Path,
+    vars: &[(&str, &str)],
+    on_error: OnError,
+) -> (RunSummary, Vec<EventKind>, uuid::Uuid) {
+    let opts = LoadOptions {
+        path: dir.to_path_buf(),
+        var_args: vars
+            .iter()
+            .map(|(k, v)| kiln_core::template::VarArg::Var(k.to_string(), v.to_string()))
+            .collect(),
+        env: Vec::new(),
+    };
+    let registry = registry();
+    let loaded = template::load(&opts);
+    let (plan, diags) = template::plan(&loaded, &opts, &registry);
+    let plan = plan.unwrap_or_else(|| panic!("the template is invalid:\n{diags}"));
+    let run_id = uuid::Uuid::new_v4();
+    let (sink, mut rx) = EventSink::channel(run_id, Redactor::default());
+    let options = RunOptions {
+        on_error,
+        ..RunOptions::default()
+    };
+    let summary = run_plan(&plan, &registry, options, sink).await;
+    let mut events = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        events.push(event.kind);
+    }
+    (summary, events, run_id)
+}
+
+/// A template directory holding `text` as its only file.
+fn template_dir(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("build.pkr.hcl"), text).unwrap();
+    dir
+}
+
+async fn docker() -> Docker {
+    Docker::connect_with_defaults()
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap()
+}
+
+/// Runs `image` (with `cmd` instead of its CMD when given) to its end; returns its output.
+async fn run_image(docker: &Docker, image: &str, cmd: Option<&[&str]>) -> String {
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: cmd.map(|c| c.iter().map(|s| s.to_string()).collect()),
+        ..ContainerCreateBody::default()
+    };
+    let created = docker
+        .create_container(None::<CreateContainerOptions>, body)
+        .await
+        .unwrap();
+    let _guard = RemoveOnDrop(created.id.clone());
+    docker
+        .start_container(&created.id, None::<StartContainerOptions>)
+        .await
+        .unwrap();
+    let mut wait = docker.wait_container(&created.id, None::<WaitContainerOptions>);
+    while let Some(status) = wait.next().await {
+        status.unwrap();
+    }
+    let options = LogsOptions {
+        stdout: true,
+        stderr: true,
+        ..LogsOptions::default()
+    };
+    let mut logs = docker.logs(&created.id, Some(options));
+    let mut out = String::new();
+    while let Some(chunk) = logs.next().await {
+        out.push_str(&chunk.unwrap().to_string());
+    }
+    out
+}
+
+fn artifact_id(summary: &RunSummary) -> String {
+    assert!(summary.ok(), "{:?}", summary.builds);
+    summary.builds[0].artifacts[0].id.clone()
+}
+
+/// No container of the run `run_id` exists any more.
+fn assert_no_container_of(run_id: uuid::Uuid) {
+    let prefix = format!("kiln-{}", &run_id.simple().to_string()[..12]);
+    let left: Vec<String> = container_names()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "containers left behind: {left:?}");
+}
+
+#[tokio::test]
+async fn hello_template_image_runs_with_the_provisioned_files_and_config() {
+    if engine().is_none() {
+        return;
+    }
+    let base = busybox_image(&["ENV KILN_BASE=busybox", "WORKDIR /root"]);
+    let dir = repo_dir().join("templates/docker-hello");
+    let (summary, _events, run_id) = build(&dir, &[("image", &base)], OnError::Cleanup).await;
+    let image = artifact_id(&summary);
+    assert_no_container_of(run_id);
+    let docker = docker().await;
+
+    // Its own CMD (from `changes`) prints what the `file` provisioner wrote.
+    let motd = run_image(&docker, &image, None).await;
+    assert!(motd.starts_with("built by docker.hello in "), "{motd}");
+    let check = "cat /opt/hello/a.txt /opt/hello/greeting; stat -c %u /opt/hello/greeting; \
+                 echo \"$GREETING $KILN_BASE\"; pwd; ls -a /packer-files 2>&1 | head -1";
+    let inside = run_image(&docker, &image, Some(&["sh", "-c", check])).await;
+    assert_eq!(
+        inside,
+        "hello from a file\nhello\n1234\nhello busybox\n/root\n\
+         ls: /packer-files: No such file or directory\n"
+    );
+
+    let inspect = docker.inspect_image(&image).await.unwrap();
+    let config = inspect.config.unwrap();
+    assert_eq!(
+        config.cmd,
+        Some(vec!["cat".to_string(), "/etc/motd".to_string()])
+    );
+    assert!(config.entrypoint.unwrap_or_default().is_empty());
+    let env = config.env.unwrap();
+    assert!(env.contains(&"GREETING=hello".to_string()), "{env:?}");
+    assert!(env.contains(&"KILN_BASE=busybox".to_string()), "{env:?}");
+    assert_eq!(config.working_dir.as_deref(), Some("/root"));
+    assert_eq!(
+        config.labels.unwrap()["org.opencontainers.image.title"],
+        "kiln-hello"
+    );
+    remove_image(&image);
+}
+
+#[tokio::test]
+async fn base_entrypoint_cmd_and_user_survive_and_provisioning_runs_as_that_user() {
+    if engine().is_none() {
+        return;
+    }
+    let base = busybox_image(&[
+        "ENTRYPOINT [\"/bin/echo\", \"from-entrypoint\"]",
+        "CMD [\"from-cmd\"]",
+        "USER nobody",
+        "WORKDIR /tmp",
+    ]);
+    let dir = template_dir(&format!(
+        r#"
+source "docker" "user" {{
+  image  = "{base}"
+  commit = true
+}}
+build {{
+  sources = ["source.docker.user"]
+  provisioner "shell" {{
+    inline = ["id -u > /tmp/who"]
+  }}
+}}
+"#
+    ));
+    let (summary, _, run_id) = build(dir.path(), &[], OnError::Cleanup).await;
+    let image = artifact_id(&summary);
+    assert_no_container_of(run_id);
+    let docker = docker().await;
+    assert_eq!(
+        run_image(&docker, &image, None).await,
+        "from-entrypoint from-cmd\n"
+    );
+    let config = docker.inspect_image(&image).await.unwrap().config.unwrap();
+    assert_eq!(
+        config.entrypoint,
+        Some(vec!["/bin/echo".to_string(), "from-entrypoint".to_string()])
+    );
+    assert_eq!(config.user.as_deref(), Some("nobody"));
+    assert_eq!(config.working_dir.as_deref(), Some("/tmp"));
+    // The shell provisioner ran as the image's user.
+    let body = ContainerCreateBody {
+        image: Some(image.clone()),
+        entrypoint: Some(vec!["cat".to_string(), "/tmp/who".to_string()]),
+        ..ContainerCreateBody::default()
+    };
+    let created = docker
+        .create_container(None::<CreateContainerOptions>, body)
+        .await
+        .unwrap();
+    let guard = RemoveOnDrop(created.id.clone());
+    docker
+        .start_container(&created.id, None::<StartContainerOptions>)
+        .await
+        .unwrap();
+    let mut wait = docker.wait_container(&created.id, None::<WaitContainerOptions>);
+    while wait.next().await.is_some() {}
+    let mut logs = docker.logs(
+        &created.id,
+        Some(LogsOptions {
+            stdout: true,
+            ..LogsOptions::default()
+        }),
+    );
+    let mut who = String::new();
+    while let Some(chunk) = logs.next().await {
+        who.push_str(&chunk.unwrap().to_string());
+    }
+    assert_eq!(who, "65534\n");
+    drop(guard);
+    remove_image(&image);
+}
+
+fn failing_template(base: &str) -> tempfile::TempDir {
+    template_dir(&format!(
+        r#"
+source "docker" "fails" {{
+  image  = "{base}"
+  commit = true
+}}
+build {{
+  sources = ["source.docker.fails"]
+  provisioner "shell" {{
+    inline = ["exit 7"]
+  }}
+}}
+"#
+    ))
+}
+
+#[tokio::test]
+async fn a_failing_provisioner_leaves_no_container() {
+    if engine().is_none() {
+        return;
+    }
+    let dir = failing_template(&busybox_image(&[]));
+    let (summary, _, run_id) = build(dir.path(), &[], OnError::Cleanup).await;
+    assert!(!summary.ok());
+    assert!(
+        summary.builds[0].error.join(": ").contains('7'),
+        "{:?}",
+        summary.builds[0].error
+    );
+    assert_no_container_of(run_id);
+}
+
+#[tokio::test]
+async fn on_error_abort_keeps_the_container_and_reports_it() {
+    if engine().is_none() {
+        return;
+    }
+    let dir = failing_template(&busybox_image(&[]));
+    let (summary, events, run_id) = build(dir.path(), &[], OnError::Abort).await;
+    assert!(!summary.ok());
+    let prefix = format!("kiln-{}", &run_id.simple().to_string()[..12]);
+    let kept: Vec<String> = container_names()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let _guard = RemoveOnDrop(kept[0].clone());
+    let leftovers: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            EventKind::Leftover { how_to_reach, .. } => how_to_reach.as_ref(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{events:?}");
+    assert!(
+        leftovers[0].starts_with("docker exec -it "),
+        "{leftovers:?}"
+    );
+}
+
+#[tokio::test]
+async fn export_path_writes_the_filesystem_and_pull_false_needs_a_local_image() {
+    if engine().is_none() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let tar_path = out.path().join("fs.tar");
+    let dir = template_dir(&format!(
+        r#"
+source "docker" "export" {{
+  image       = "{base}"
+  export_path = "{path}"
+}}
+source "docker" "missing" {{
+  image   = "kiln-test/does-not-exist:1"
+  pull    = false
+  discard = true
+}}
+build {{
+  sources = ["source.docker.export", "source.docker.missing"]
+  provisioner "shell" {{
+    inline = ["echo exported > /exported.txt"]
+  }}
+}}
+"#,
+        base = busybox_image(&[]),
+        path = tar_path.display()
+    ));
+    let (summary, _, run_id) = build(dir.path(), &[], OnError::Cleanup).await;
+    assert_no_container_of(run_id);
+    let export = summary
+        .builds
+        .iter()
+        .find(|b| b.name.ends_with("export"))
+        .unwrap();
+    assert!(export.ok, "{:?}", export.error);
+    let file = &export.artifacts[0].files[0];
+    assert_eq!(file.path, tar_path);
+    assert_eq!(file.size, std::fs::metadata(&tar_path).unwrap().len());
+    let mut archive = tar::Archive::new(std::fs::File::open(&tar_path).unwrap());
+    let names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(names.contains(&"exported.txt".to_string()), "{names:?}");
+    assert!(names.contains(&"bin/busybox".to_string()));
+
+    let missing = summary
+        .builds
+        .iter()
+        .find(|b| b.name.ends_with("missing"))
+        .unwrap();
+    let error = missing.error.join(": ");
+    assert!(error.contains("not present locally"), "{error}");
+}
