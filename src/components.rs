@@ -8,5 +8,6 @@ pub fn registry() -> Registry {
     docker::register(&mut r);
     shell_local::register(&mut r);
     manifest::register(&mut r);
+    docker_post_processors::register(&mut r);
     r
 }
