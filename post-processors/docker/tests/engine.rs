@@ -1,0 +1,187 @@
+//! The docker post-processors against a real engine and a local registry: a busybox image built
+//! by the `docker` builder is tagged, pushed, pulled back by digest, saved, and an exported
+//! filesystem is imported.
+
+use std::path::Path;
+
+use bollard::query_parameters::CreateImageOptions;
+use bollard::Docker;
+use futures_util::StreamExt;
+use kiln_core::component::Registry;
+use kiln_core::event::{EventKind, EventSink, Redactor};
+use kiln_core::runner::{run_plan, BuildOutcome, RunOptions};
+use kiln_core::template::{self, LoadOptions};
+use kiln_testkit::docker::{busybox_image, engine, registry, remove_image};
+
+fn components() -> Registry {
+    let mut r = Registry::default();
+    docker::register(&mut r);
+    shell::register(&mut r);
+    docker_post_processors::register(&mut r);
+    r
+}
+
+/// Builds the template text in a temp dir; returns the one build's outcome and the messages.
+async fn build(text: &str) -> (BuildOutcome, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("build.pkr.hcl"), text).unwrap();
+    let opts = LoadOptions {
+        path: dir.path().to_path_buf(),
+        var_args: Vec::new(),
+        env: Vec::new(),
+    };
+    let registry = components();
+    let loaded = template::load(&opts);
+    let (plan, diags) = template::plan(&loaded, &opts, &registry);
+    let plan = plan.unwrap_or_else(|| panic!("the template is invalid:\n{diags}"));
+    let (sink, mut rx) = EventSink::channel(uuid::Uuid::new_v4(), Redactor::default());
+    let mut summary = run_plan(&plan, &registry, RunOptions::default(), sink).await;
+    let mut messages = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let EventKind::Message { text, .. } = event.kind {
+            messages.push(text);
+        }
+    }
+    let outcome = summary.builds.remove(0);
+    assert!(outcome.ok, "{:?}", outcome.error);
+    (outcome, messages)
+}
+
+async fn docker() -> Docker {
+    Docker::connect_with_defaults()
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn tag_push_and_save_then_pull_back_by_digest() {
+    if engine().is_none() {
+        return;
+    }
+    let Some(reg) = registry() else { return };
+    let repo = format!("{}/kiln/pushed", reg.host());
+    let out = tempfile::tempdir().unwrap();
+    let saved = out.path().join("image.tar");
+    let text = format!(
+        r#"
+source "docker" "push" {{
+  image  = "{base}"
+  commit = true
+}}
+build {{
+  sources = ["source.docker.push"]
+  provisioner "shell" {{
+    inline = ["echo pushed > /pushed.txt"]
+  }}
+  post-processors {{
+    post-processor "docker-tag" {{
+      repository = "{repo}"
+      tags       = ["1.0", "1.0", "latest"]
+    }}
+    post-processor "docker-push" {{}}
+    post-processor "docker-save" {{
+      path = "{saved}"
+    }}
+  }}
+}}
+"#,
+        base = busybox_image(&[]),
+        saved = saved.display()
+    );
+    let (outcome, messages) = build(&text).await;
+    let artifact = outcome.artifacts.last().unwrap();
+    let image = artifact.id.clone();
+    assert_eq!(
+        messages.iter().filter(|m| m.starts_with("pushed ")).count(),
+        2,
+        "each tag is pushed once: {messages:?}"
+    );
+    let digests = artifact.data["RepoDigests"].as_array().unwrap();
+    assert_eq!(digests.len(), 1, "{digests:?}");
+    let by_digest = digests[0].as_str().unwrap().to_string();
+    assert!(
+        by_digest.starts_with(&format!("{repo}@sha256:")),
+        "{by_digest}"
+    );
+    let file = &artifact.files[0];
+    assert_eq!(file.path, saved);
+    assert!(tar_has(&saved, "manifest.json"));
+
+    // Pull it back by digest after removing every local name of it.
+    let docker = docker().await;
+    remove_image(&image);
+    let options = CreateImageOptions {
+        from_image: Some(by_digest.clone()),
+        from_src: None,
+        repo: None,
+        tag: None,
+        message: None,
+        changes: Vec::new(),
+        platform: String::new(),
+    };
+    let mut pull = docker.create_image(Some(options), None, None);
+    while let Some(item) = pull.next().await {
+        item.unwrap();
+    }
+    let pulled = docker.inspect_image(&by_digest).await.unwrap();
+    assert_eq!(pulled.id.as_deref(), Some(image.as_str()));
+    remove_image(&image);
+}
+
+#[tokio::test]
+async fn an_exported_filesystem_is_imported_with_changes() {
+    if engine().is_none() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let exported = out.path().join("fs.tar");
+    let text = format!(
+        r#"
+source "docker" "flat" {{
+  image       = "{base}"
+  export_path = "{exported}"
+}}
+build {{
+  sources = ["source.docker.flat"]
+  provisioner "shell" {{
+    inline = ["echo flat > /flat.txt"]
+  }}
+  post-processor "docker-import" {{
+    repository = "kiln-test/imported"
+    tag        = "{tag}"
+    changes    = ["CMD [\"cat\", \"/flat.txt\"]", "ENV FLAT=1"]
+  }}
+}}
+"#,
+        base = busybox_image(&[]),
+        exported = exported.display(),
+        tag = uuid::Uuid::new_v4().simple()
+    );
+    let (outcome, _) = build(&text).await;
+    let artifact = outcome.artifacts.last().unwrap();
+    assert_eq!(artifact.builder_type, "docker-import");
+    let docker = docker().await;
+    let config = docker
+        .inspect_image(&artifact.id)
+        .await
+        .unwrap()
+        .config
+        .unwrap();
+    assert_eq!(
+        config.cmd,
+        Some(vec!["cat".to_string(), "/flat.txt".to_string()])
+    );
+    assert!(config.env.unwrap().contains(&"FLAT=1".to_string()));
+    remove_image(&artifact.id);
+}
+
+fn tar_has(path: &Path, name: &str) -> bool {
+    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+    let found = archive
+        .entries()
+        .unwrap()
+        .any(|e| e.unwrap().path().unwrap() == Path::new(name));
+    found
+}
