@@ -397,7 +397,7 @@ pub(crate) fn image_config(base: &ImageInspect) -> ContainerConfig {
     }
 }
 
-async fn commit(
+pub(crate) async fn commit(
     docker: &Docker,
     id: &str,
     base: &ImageInspect,

@@ -13,7 +13,9 @@ use kiln_core::component::Registry;
 use kiln_core::event::{EventKind, EventSink, Redactor};
 use kiln_core::runner::{run_plan, OnError, RunOptions, RunSummary};
 use kiln_core::template::{self, LoadOptions};
-use kiln_testkit::docker::{busybox_image, container_names, engine, remove_image, RemoveOnDrop};
+use kiln_testkit::docker::{
+    busybox_image, container_names, engine, inspect_image, remove_image, RemoveOnDrop,
+};
 
 fn registry() -> Registry {
     let mut registry = Registry::default();
@@ -109,6 +111,20 @@ async fn run_image(docker: &Docker, image: &str, cmd: Option<&[&str]>) -> String
     out
 }
 
+/// The image config carries nothing of the build container.
+fn assert_no_build_residue(raw: &serde_json::Value) {
+    let config = &raw["Config"];
+    for flag in ["Tty", "OpenStdin", "StdinOnce", "AttachStdin"] {
+        assert_ne!(config[flag], true, "{flag} is set: {config}");
+    }
+    assert_eq!(config["Hostname"].as_str().unwrap_or(""), "", "{config}");
+    let command = format!("{}{}", config["Cmd"], config["Entrypoint"]);
+    assert!(
+        !command.contains("sleep 3600"),
+        "keep-alive left in {config}"
+    );
+}
+
 fn artifact_id(summary: &RunSummary) -> String {
     assert!(summary.ok(), "{:?}", summary.builds);
     summary.builds[0].artifacts[0].id.clone()
@@ -163,6 +179,7 @@ async fn hello_template_image_runs_with_the_provisioned_files_and_config() {
         config.labels.unwrap()["org.opencontainers.image.title"],
         "kiln-hello"
     );
+    assert_no_build_residue(&inspect_image(&image));
     remove_image(&image);
 }
 
@@ -356,4 +373,57 @@ build {{
         .unwrap();
     let error = missing.error.join(": ");
     assert!(error.contains("not present locally"), "{error}");
+}
+
+#[tokio::test]
+async fn reproducible_builds_give_the_same_image_id() {
+    if engine().is_none() {
+        return;
+    }
+    let base = busybox_image(&["ENV KILN_BASE=busybox", "CMD [\"/bin/sh\"]"]);
+    let dir = template_dir(&format!(
+        r#"
+source "docker" "repro" {{
+  image        = "{base}"
+  commit       = true
+  reproducible = true
+  changes      = ["LABEL kiln.test=repro", "CMD [\"cat\", \"/opt/repro/data\"]"]
+}}
+build {{
+  sources = ["source.docker.repro"]
+  provisioner "shell" {{
+    inline = [
+      "mkdir -p /opt/repro && echo data > /opt/repro/data",
+      "chown 999:999 /opt/repro/data",
+      "rm /bin/vi",
+    ]
+  }}
+}}
+"#
+    ));
+    let (first, _, run1) = build(dir.path(), &[], OnError::Cleanup).await;
+    let (second, _, run2) = build(dir.path(), &[], OnError::Cleanup).await;
+    let (a, b) = (artifact_id(&first), artifact_id(&second));
+    assert_eq!(a, b, "two reproducible builds differ");
+    assert_no_container_of(run1);
+    assert_no_container_of(run2);
+
+    let docker = docker().await;
+    assert_eq!(run_image(&docker, &a, None).await, "data\n");
+    let check = "stat -c '%u:%g' /opt/repro/data; test -e /bin/vi || echo vi-gone; echo $KILN_BASE";
+    assert_eq!(
+        run_image(&docker, &a, Some(&["sh", "-c", check])).await,
+        "999:999\nvi-gone\nbusybox\n"
+    );
+    let inspect = docker.inspect_image(&a).await.unwrap();
+    let config = inspect.config.unwrap();
+    assert_eq!(config.labels.unwrap()["kiln.test"], "repro");
+    assert!(config
+        .env
+        .unwrap()
+        .contains(&"KILN_BASE=busybox".to_string()));
+    let raw = inspect_image(&a);
+    assert_eq!(raw["Created"], "1970-01-01T00:00:00Z");
+    assert_no_build_residue(&raw);
+    remove_image(&a);
 }

@@ -295,6 +295,13 @@ pub fn remove_image(name: &str) {
     );
 }
 
+/// `GET /images/{name}/json` as JSON, with every field the engine sends (`Config.Tty`, ...).
+pub fn inspect_image(name: &str) -> serde_json::Value {
+    let (status, body) = api("GET", &format!("/images/{name}/json"), &[]).expect("inspect image");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).expect("image inspect JSON")
+}
+
 /// The names of all containers, running or not (without the leading `/`).
 pub fn container_names() -> Vec<String> {
     let (status, body) = api("GET", "/containers/json?all=1", &[]).expect("list containers");
