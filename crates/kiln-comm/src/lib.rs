@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 mod none;
+pub mod ssh;
 
 pub use none::NoneCommunicator;
 
@@ -98,6 +99,9 @@ pub enum CommError {
     },
     #[error("{0}")]
     Remote(String),
+    /// Connecting (or reconnecting) to the machine failed for good.
+    #[error("cannot connect to the machine")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -1,0 +1,565 @@
+//! The SSH communicator against a real OpenSSH server on loopback (`kiln_testkit::Sshd`).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kiln_comm::ssh::{
+    AttemptError, ConnectError, HostKeyTrust, PublicKey, SshCommunicator, SshConfig, SshKey,
+};
+use kiln_comm::{
+    CommError, Communicator, ExitStatus, RemoteCommand, Stream, UploadOptions, UploadSource,
+};
+use kiln_testkit::{free_port, Sshd, SshdOptions};
+
+/// Starts an sshd, or returns from the test when sshd is not installed (outside CI).
+macro_rules! sshd {
+    () => {
+        sshd!(SshdOptions::default())
+    };
+    ($options:expr) => {
+        match Sshd::start_with($options) {
+            Some(sshd) => sshd,
+            None => return,
+        }
+    };
+}
+
+fn config(sshd: &Sshd) -> SshConfig {
+    SshConfig {
+        ssh_host: Some("127.0.0.1".into()),
+        ssh_port: sshd.port(),
+        ssh_username: Some("root".into()),
+        ssh_private_key_file: Some(sshd.client_key()),
+        ssh_timeout: Duration::from_secs(20),
+        ..Default::default()
+    }
+}
+
+async fn connect(sshd: &Sshd) -> SshCommunicator {
+    SshCommunicator::connect(&config(sshd))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {}\nsshd log:\n{}", chain(&e), sshd.log()))
+}
+
+/// An error and its sources, one per line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(&format!("\n  {e}"));
+        source = e.source();
+    }
+    text
+}
+
+type Lines = Vec<(Stream, String)>;
+
+async fn run(comm: &SshCommunicator, cmd: RemoteCommand) -> (ExitStatus, Lines) {
+    let mut lines = Vec::new();
+    let status = comm
+        .exec(&cmd, &mut |stream, line: &str| {
+            lines.push((stream, line.to_owned()))
+        })
+        .await
+        .expect("exec");
+    (status, lines)
+}
+
+fn command(line: &str) -> RemoteCommand {
+    RemoteCommand {
+        command: line.into(),
+        ..Default::default()
+    }
+}
+
+fn of(lines: &Lines, stream: Stream) -> Vec<&str> {
+    lines
+        .iter()
+        .filter(|(s, _)| *s == stream)
+        .map(|(_, l)| l.as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn exec_streams_output_and_returns_exit_codes() {
+    let sshd = sshd!();
+    let comm = connect(&sshd).await;
+    let (status, lines) = run(
+        &comm,
+        command("echo out; echo err >&2; printf partial; exit 3"),
+    )
+    .await;
+    assert_eq!(status, ExitStatus::Code(3));
+    assert_eq!(of(&lines, Stream::Stdout), ["out", "partial"]);
+    assert_eq!(of(&lines, Stream::Stderr), ["err"]);
+    assert_eq!(run(&comm, command("true")).await.0, ExitStatus::Code(0));
+    assert_eq!(
+        run(&comm, command("kill -TERM $$")).await.0,
+        ExitStatus::Signal(15)
+    );
+}
+
+#[tokio::test]
+async fn exec_sets_env_and_workdir() {
+    let sshd = sshd!();
+    let comm = connect(&sshd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let workdir = dir.path().join("a dir with 'quotes' and \"more\"");
+    std::fs::create_dir(&workdir).unwrap();
+    let cmd = RemoteCommand {
+        command: r#"pwd; printf '%s\n' "$A" "$B""#.into(),
+        env: vec![
+            ("A".into(), "it's $HOME; `x`".into()),
+            ("B".into(), "line1\nline2".into()),
+        ],
+        workdir: Some(workdir.display().to_string()),
+        pty: false,
+    };
+    let (status, lines) = run(&comm, cmd).await;
+    assert_eq!(status, ExitStatus::Code(0), "{lines:?}");
+    let expected = [
+        workdir.to_str().unwrap(),
+        "it's $HOME; `x`",
+        "line1",
+        "line2",
+    ];
+    assert_eq!(of(&lines, Stream::Stdout), expected);
+
+    let missing = RemoteCommand {
+        workdir: Some("/nonexistent/dir".into()),
+        ..command("echo should not run")
+    };
+    let (status, lines) = run(&comm, missing).await;
+    assert_ne!(status, ExitStatus::Code(0));
+    assert!(of(&lines, Stream::Stdout).is_empty(), "{lines:?}");
+}
+
+#[tokio::test]
+async fn exec_with_a_pty() {
+    let sshd = sshd!();
+    let comm = SshCommunicator::connect(&SshConfig {
+        ssh_pty: true,
+        ..config(&sshd)
+    })
+    .await
+    .unwrap();
+    let (status, lines) = run(&comm, command("tty")).await;
+    assert_eq!(status, ExitStatus::Code(0));
+    assert!(
+        of(&lines, Stream::Stdout)[0].starts_with("/dev/pts/"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_command_that_prints_a_lot() {
+    let sshd = sshd!();
+    let comm = connect(&sshd).await;
+    let (status, lines) = run(&comm, command("seq 1 200000; seq 1 1000 >&2")).await;
+    assert_eq!(status, ExitStatus::Code(0));
+    let stdout = of(&lines, Stream::Stdout);
+    assert_eq!(stdout.len(), 200_000);
+    assert_eq!(stdout[199_999], "200000");
+    assert_eq!(of(&lines, Stream::Stderr).len(), 1000);
+}
+
+#[tokio::test]
+async fn host_key_checks() {
+    let sshd = sshd!();
+    let fingerprint = sshd.host_key_fingerprint();
+
+    let comm = connect(&sshd).await;
+    let first = comm.host_key();
+    assert_eq!(first.trust, HostKeyTrust::FirstUse);
+    assert_eq!(first.fingerprint, fingerprint);
+
+    let known = PublicKey::from_openssh(&sshd.host_public_key()).unwrap();
+    let comm = SshCommunicator::connect(&SshConfig {
+        known_host_key: Some(known),
+        ..config(&sshd)
+    })
+    .await
+    .unwrap();
+    assert_eq!(comm.host_key().trust, HostKeyTrust::Known);
+
+    let comm = SshCommunicator::connect(&SshConfig {
+        ssh_host_key_fingerprint: Some(fingerprint.clone()),
+        ..config(&sshd)
+    })
+    .await
+    .unwrap();
+    assert_eq!(comm.host_key().trust, HostKeyTrust::Pinned);
+
+    // A wrong key fails at once, not after ssh_timeout.
+    let other = SshKey::generate_ed25519().unwrap();
+    let started = Instant::now();
+    let error = SshCommunicator::connect(&SshConfig {
+        known_host_key: Some(other.public_key().clone()),
+        ssh_timeout: Duration::from_secs(60),
+        ..config(&sshd)
+    })
+    .await
+    .err()
+    .expect("a wrong known key is refused");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    match &error {
+        ConnectError::HostKeyMismatch { got, .. } => assert_eq!(got, &fingerprint),
+        other => panic!("expected a host key mismatch, got {}", chain(other)),
+    }
+
+    let error = SshCommunicator::connect(&SshConfig {
+        ssh_host_key_fingerprint: Some("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()),
+        ..config(&sshd)
+    })
+    .await
+    .err()
+    .expect("a wrong pin is refused");
+    assert!(
+        matches!(error, ConnectError::HostKeyMismatch { .. }),
+        "{}",
+        chain(&error)
+    );
+}
+
+#[tokio::test]
+async fn timeout_names_a_refused_connection() {
+    let config = SshConfig {
+        ssh_host: Some("127.0.0.1".into()),
+        ssh_port: free_port(),
+        ssh_username: Some("root".into()),
+        ephemeral_key: Some(SshKey::generate_ed25519().unwrap()),
+        ssh_timeout: Duration::from_millis(800),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let error = SshCommunicator::connect(&config)
+        .await
+        .err()
+        .expect("nothing listens");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let text = chain(&error);
+    assert!(text.contains("after 0."), "{text}");
+    match error {
+        ConnectError::TimedOut {
+            last: AttemptError::Tcp { source, .. },
+            ..
+        } => assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused),
+        other => panic!("expected a refused connection, got {}", chain(&other)),
+    }
+}
+
+#[tokio::test]
+async fn timeout_names_a_missing_banner() {
+    // Accepts TCP connections and never speaks, like a NAT port forward before the guest is up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let config = SshConfig {
+        ssh_host: Some("127.0.0.1".into()),
+        ssh_port: port,
+        ssh_username: Some("root".into()),
+        ephemeral_key: Some(SshKey::generate_ed25519().unwrap()),
+        ssh_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let error = SshCommunicator::connect(&config)
+        .await
+        .err()
+        .expect("no banner");
+    hold.abort();
+    let text = chain(&error);
+    assert!(text.contains("sent no SSH banner"), "{text}");
+    assert!(matches!(
+        error,
+        ConnectError::TimedOut {
+            last: AttemptError::NoBanner { .. },
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn rejected_logins_are_named_and_not_retried_forever() {
+    let sshd = sshd!();
+    let stranger = SshConfig {
+        ssh_private_key_file: None,
+        ephemeral_key: Some(SshKey::generate_ed25519().unwrap()),
+        ssh_handshake_attempts: 2,
+        ..config(&sshd)
+    };
+    let error = SshCommunicator::connect(&stranger)
+        .await
+        .err()
+        .expect("unknown key");
+    assert!(
+        matches!(error, ConnectError::AuthRejected { attempts: 2, .. }),
+        "{}",
+        chain(&error)
+    );
+
+    // With many attempts allowed, the timeout ends it and names the rejection.
+    let patient = SshConfig {
+        ssh_handshake_attempts: 1000,
+        ssh_timeout: Duration::from_secs(1),
+        ..stranger
+    };
+    let error = SshCommunicator::connect(&patient)
+        .await
+        .err()
+        .expect("unknown key");
+    let text = chain(&error);
+    assert!(text.contains("rejected the login as `root`"), "{text}");
+    assert!(matches!(
+        error,
+        ConnectError::TimedOut {
+            last: AttemptError::AuthRejected { .. },
+            ..
+        }
+    ));
+
+    let password = SshConfig {
+        ssh_private_key_file: None,
+        ssh_password: Some(kiln_comm::ssh::Secret::new("wrong")),
+        ssh_handshake_attempts: 1,
+        ..config(&sshd)
+    };
+    let error = SshCommunicator::connect(&password)
+        .await
+        .err()
+        .expect("wrong password");
+    assert!(
+        matches!(error, ConnectError::AuthRejected { .. }),
+        "{}",
+        chain(&error)
+    );
+}
+
+#[tokio::test]
+async fn ephemeral_key() {
+    let key = SshKey::generate_ed25519().unwrap();
+    let sshd = sshd!(SshdOptions {
+        authorized_keys: vec![key.authorized_keys_line()],
+        ..Default::default()
+    });
+    let comm = SshCommunicator::connect(&SshConfig {
+        ssh_private_key_file: None,
+        ephemeral_key: Some(key),
+        ..config(&sshd)
+    })
+    .await
+    .unwrap();
+    assert_eq!(run(&comm, command("id -u")).await.1[0].1, "0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disconnect_across_an_sshd_restart_then_reconnect() {
+    let mut sshd = sshd!();
+    let comm = std::sync::Arc::new(connect(&sshd).await);
+    let fingerprint = comm.host_key().fingerprint;
+
+    // A running command sees the disconnect, not a failure.
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let exec = tokio::spawn({
+        let comm = comm.clone();
+        async move {
+            let mut on_line = move |_, _: &str| {
+                started_tx.send(()).ok();
+            };
+            comm.exec(&command("echo started; sleep 60"), &mut on_line)
+                .await
+        }
+    });
+    tokio::task::block_in_place(|| {
+        started_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the command starts");
+        sshd.restart();
+    });
+    let restarted = Instant::now();
+    let status = exec.await.unwrap();
+    assert!(matches!(status, Ok(ExitStatus::Disconnected)), "{status:?}");
+    assert!(restarted.elapsed() < Duration::from_secs(10));
+
+    // The old session is gone for good.
+    let after = comm.exec(&command("true"), &mut |_, _: &str| {}).await;
+    assert!(
+        matches!(
+            after,
+            Err(CommError::Disconnected) | Ok(ExitStatus::Disconnected)
+        ),
+        "{after:?}"
+    );
+
+    comm.reconnect().await.unwrap();
+    assert_eq!(run(&comm, command("echo back")).await.1[0].1, "back");
+    assert_eq!(comm.host_key().fingerprint, fingerprint);
+}
+
+/// Every file under `root`, by relative path, with its bytes.
+fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, into: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, into);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                into.insert(path.strip_prefix(root).unwrap().to_owned(), bytes);
+            }
+        }
+    }
+    let mut files = BTreeMap::new();
+    walk(root, root, &mut files);
+    files
+}
+
+/// 1,000 small files in nested directories, some with spaces and quotes in their names.
+fn make_tree(root: &Path) {
+    for i in 0..1000u32 {
+        let dir = root
+            .join(format!("dir {}", i % 10))
+            .join(format!("it's {}", i % 7));
+        std::fs::create_dir_all(&dir).unwrap();
+        let content: Vec<u8> = (0..(i * 37 % 4096)).map(|j| (i ^ j) as u8).collect();
+        std::fs::write(dir.join(format!("file \"{i}\".bin")), content).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn upload_and_download_a_tree_of_1000_files() {
+    let sshd = sshd!();
+    let comm = connect(&sshd).await;
+    let local = tempfile::tempdir().unwrap();
+    make_tree(local.path());
+    let remote_root = tempfile::tempdir().unwrap();
+    let remote = remote_root.path().join("dest with space and 'quote'");
+    comm.upload_dir(
+        local.path(),
+        remote.to_str().unwrap(),
+        &UploadOptions::default(),
+    )
+    .await
+    .unwrap();
+    let sent = tree(local.path());
+    assert_eq!(sent.len(), 1000);
+    assert!(sent == tree(&remote), "the uploaded tree differs");
+
+    let back = tempfile::tempdir().unwrap();
+    comm.download_dir(remote.to_str().unwrap(), back.path())
+        .await
+        .unwrap();
+    assert!(sent == tree(back.path()), "the downloaded tree differs");
+
+    let missing = comm.download_dir("/nonexistent/dir", back.path()).await;
+    assert!(matches!(missing, Err(CommError::Remote(_))), "{missing:?}");
+}
+
+#[tokio::test]
+async fn upload_dir_applies_mode_to_files_and_owner() {
+    let sshd = sshd!();
+    let comm = connect(&sshd).await;
+    let local = tempfile::tempdir().unwrap();
+    std::fs::create_dir(local.path().join("sub")).unwrap();
+    std::fs::write(local.path().join("sub/script.sh"), "echo hi\n").unwrap();
+    let remote = tempfile::tempdir().unwrap();
+    let opts = UploadOptions {
+        mode: Some(0o750),
+        owner: Some("nobody".into()),
+    };
+    comm.upload_dir(local.path(), remote.path().to_str().unwrap(), &opts)
+        .await
+        .unwrap();
+    let script = std::fs::metadata(remote.path().join("sub/script.sh")).unwrap();
+    assert_eq!(script.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(script.uid(), 65534);
+}
+
+#[tokio::test]
+async fn single_file_upload_with_mode_and_owner_then_download() {
+    let sshd = sshd!();
+    let comm = connect(&sshd).await;
+    let remote = tempfile::tempdir().unwrap();
+    let dest = remote.path().join("my 'script'.sh");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let opts = UploadOptions {
+        mode: Some(0o640),
+        owner: Some("nobody:nogroup".into()),
+    };
+    comm.upload(
+        UploadSource::Bytes(bytes.clone()),
+        dest.to_str().unwrap(),
+        &opts,
+    )
+    .await
+    .unwrap();
+    let metadata = std::fs::metadata(&dest).unwrap();
+    assert_eq!(metadata.permissions().mode() & 0o7777, 0o640);
+    assert_eq!(metadata.uid(), 65534);
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+
+    let local = tempfile::tempdir().unwrap();
+    let source = local.path().join("source");
+    std::fs::write(&source, b"from a file\n").unwrap();
+    let dest2 = remote.path().join("copy");
+    comm.upload(
+        UploadSource::File(source),
+        dest2.to_str().unwrap(),
+        &UploadOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&dest2).unwrap(), b"from a file\n");
+
+    let back = local.path().join("back");
+    comm.download(dest.to_str().unwrap(), &back).await.unwrap();
+    assert_eq!(std::fs::read(&back).unwrap(), bytes);
+
+    let error = comm
+        .upload(
+            UploadSource::Bytes(b"x".to_vec()),
+            "/nonexistent/dir/file",
+            &UploadOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("No such file"), "{error}");
+    let error = comm.download("/nonexistent/file", &back).await.unwrap_err();
+    assert!(matches!(error, CommError::Remote(_)), "{error:?}");
+    assert!(!back.exists(), "a failed download leaves no file");
+}
+
+#[tokio::test]
+async fn through_a_bastion() {
+    let bastion = sshd!();
+    let target = sshd!();
+    let comm = SshCommunicator::connect(&SshConfig {
+        ssh_bastion_host: Some("127.0.0.1".into()),
+        ssh_bastion_port: bastion.port(),
+        ssh_bastion_private_key_file: Some(bastion.client_key()),
+        ..config(&target)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{}\nbastion:\n{}", chain(&e), bastion.log()));
+    let (status, lines) = run(&comm, command("echo through")).await;
+    assert_eq!(
+        (status, lines[0].1.as_str()),
+        (ExitStatus::Code(0), "through")
+    );
+    assert_eq!(comm.host_key().fingerprint, target.host_key_fingerprint());
+    assert!(
+        bastion.log().contains("Accepted publickey for root"),
+        "{}",
+        bastion.log()
+    );
+}

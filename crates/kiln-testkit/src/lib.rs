@@ -1,0 +1,242 @@
+//! Test fixtures shared by Kiln crates: a throwaway OpenSSH server on a loopback port.
+//!
+//! [`Sshd::start`] runs Debian's `/usr/sbin/sshd -D -e` with its own config, host key and
+//! authorized keys in a temp dir, waits until it reports that it listens, and kills it (and every
+//! session process it started) on drop. If the test process dies first (a timeout, a crash), the
+//! kernel kills sshd too (`PR_SET_PDEATHSIG`, tied to the thread that started it: keep an `Sshd`
+//! on that thread). Without `/usr/sbin/sshd` it returns `None` after a note, or panics when `CI`
+//! is set so that CI cannot silently skip SSH tests.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SSHD: &str = "/usr/sbin/sshd";
+/// How long sshd may take to say it listens before the fixture gives up.
+const READY_LIMIT: Duration = Duration::from_secs(20);
+
+/// How to set up the server.
+#[derive(Debug, Clone, Default)]
+pub struct SshdOptions {
+    /// Extra `authorized_keys` lines (e.g. a communicator's ephemeral key).
+    pub authorized_keys: Vec<String>,
+    /// Allow password logins.
+    pub password_auth: bool,
+}
+
+/// A running sshd on `127.0.0.1:port()`, for root (and any user, through the same
+/// `authorized_keys`).
+pub struct Sshd {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Sshd {
+    /// Starts a server that accepts [`Sshd::client_key`] for root. `None` when sshd is not
+    /// installed (and `CI` is unset).
+    pub fn start() -> Option<Sshd> {
+        Sshd::start_with(SshdOptions::default())
+    }
+
+    pub fn start_with(options: SshdOptions) -> Option<Sshd> {
+        if !Path::new(SSHD).exists() {
+            if std::env::var_os("CI").is_some() {
+                panic!("{SSHD} is missing: install `openssh-server` (CI must not skip SSH tests)");
+            }
+            eprintln!("note: skipping: {SSHD} is missing (apt-get install openssh-server)");
+            return None;
+        }
+        std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-sshd-")
+            .tempdir()
+            .expect("temp dir");
+        keygen(&dir.path().join("host_ed25519"));
+        keygen(&dir.path().join("client_ed25519"));
+        let mut keys = std::fs::read_to_string(dir.path().join("client_ed25519.pub")).unwrap();
+        for line in &options.authorized_keys {
+            keys.push_str(line);
+            keys.push('\n');
+        }
+        std::fs::write(dir.path().join("authorized_keys"), keys).unwrap();
+        let port = free_port();
+        let d = dir.path().display();
+        let password = if options.password_auth { "yes" } else { "no" };
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n\
+             PidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PermitRootLogin yes\nStrictModes no\nUsePAM no\n\
+             PasswordAuthentication {password}\nKbdInteractiveAuthentication no\n\
+             MaxSessions 100\nMaxStartups 100\nAllowTcpForwarding yes\n"
+        );
+        std::fs::write(dir.path().join("sshd_config"), config).unwrap();
+        let mut sshd = Sshd {
+            dir,
+            port,
+            child: None,
+            log: Arc::default(),
+        };
+        sshd.launch();
+        Some(sshd)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The private key root may log in with.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client_ed25519")
+    }
+
+    /// The server's host public key, as an OpenSSH line (`ssh-ed25519 AAAA... comment`).
+    pub fn host_public_key(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("host_ed25519.pub"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// The server's host key fingerprint as `ssh-keygen -l` prints it (`SHA256:...`).
+    pub fn host_key_fingerprint(&self) -> String {
+        let out = Command::new("ssh-keygen")
+            .args(["-l", "-E", "sha256", "-f"])
+            .arg(self.dir.path().join("host_ed25519.pub"))
+            .output()
+            .expect("run ssh-keygen -l");
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.split_whitespace()
+            .nth(1)
+            .expect("ssh-keygen -l prints a fingerprint")
+            .to_owned()
+    }
+
+    /// Everything sshd wrote to stderr so far (for failure messages).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Kills sshd and every session it runs, as a crash or a reboot would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id() as i32;
+            for descendant in descendants(pid) {
+                // SAFETY: plain kill(2) on pids found under our own child.
+                unsafe { libc::kill(descendant, libc::SIGKILL) };
+            }
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// Stops the server and starts it again on the same port with the same keys.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    fn launch(&mut self) {
+        let mut command = Command::new(SSHD);
+        command
+            .args(["-D", "-e", "-f"])
+            .arg(self.dir.path().join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: prctl(2) is async-signal-safe; it only sets a flag on the new process.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            })
+        };
+        let mut child = command.spawn().expect("start sshd");
+        let stderr = child.stderr.take().unwrap();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("Server listening on") {
+                    ready_tx.send(()).ok();
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        self.child = Some(child);
+        if ready_rx.recv_timeout(READY_LIMIT).is_err() {
+            let log = self.log();
+            self.stop();
+            panic!("sshd did not start listening on port {}:\n{log}", self.port);
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-test", "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .expect("run ssh-keygen (install openssh-client)");
+    assert!(status.success(), "ssh-keygen failed for {}", path.display());
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+/// All processes below `root` (children, grandchildren, ...), from `/proc`.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may contain spaces, so split after the last `)`.
+        let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut found: HashSet<i32> = HashSet::from([root]);
+    loop {
+        let before = found.len();
+        for &(pid, ppid) in &parents {
+            if found.contains(&ppid) {
+                found.insert(pid);
+            }
+        }
+        if found.len() == before {
+            break;
+        }
+    }
+    found.remove(&root);
+    found.into_iter().collect()
+}
