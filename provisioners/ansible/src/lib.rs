@@ -39,6 +39,7 @@ pub fn register(registry: &mut Registry) {
     registry.add_provisioner(Arc::new(AnsibleKind));
 }
 
+#[rustfmt::skip]
 const OPTIONS: &[OptionSpec] = &[
     OptionSpec { name: "playbook_file", ty: "string", required: true,
         doc: "The playbook to run." },
@@ -345,3 +346,6 @@ fn playbook_invocation(
         what: format!("playbook `{}`", settings.playbook.display()),
     }
 }
+
+#[cfg(test)]
+mod tests;
