@@ -452,8 +452,17 @@ async fn a_failing_playbook_names_the_playbook_and_the_exit_code() {
     assert_eq!(entries(inventory_dir.path()), Vec::<PathBuf>::new());
 }
 
-#[tokio::test]
-async fn cancellation_kills_ansible_and_cleans_up() {
+/// How a running provisioner is stopped.
+enum Stop {
+    /// The build's cancel token fires; the provisioner returns an error.
+    Cancel,
+    /// Its future is dropped, as the runner does on cancellation and on `timeout`.
+    Drop,
+}
+
+/// Stops the provisioner while `ansible-playbook` waits in a task, then checks that Ansible, its
+/// shared SSH connection and every temp file are gone.
+async fn stop_while_running(stop: Stop) {
     let sshd = sshd!();
     let work = tempfile::tempdir().unwrap();
     // The first task opens a shared SSH connection; the pause runs inside `ansible-playbook`.
@@ -467,7 +476,6 @@ async fn cancellation_kills_ansible_and_cleans_up() {
     let p = provisioner(json!({
         "playbook_file": playbook,
         "inventory_directory": inventory_dir.path(),
-        "keep_inventory_file": true,
     }));
     let (ctx, mut rx) = build_ctx();
     let pctx = ProvisionCtx {
@@ -475,8 +483,7 @@ async fn cancellation_kills_ansible_and_cleans_up() {
         comm: &kiln_comm::NoneCommunicator,
         conn: &conn,
     };
-    let run = p.provision(&pctx);
-    tokio::pin!(run);
+    let mut run = Box::pin(p.provision(&pctx));
     let mut seen = Vec::new();
     loop {
         tokio::select! {
@@ -492,19 +499,39 @@ async fn cancellation_kills_ansible_and_cleans_up() {
             }
         }
     }
-    ctx.cancel.cancel.cancel();
-    let err = tokio::time::timeout(Duration::from_secs(20), run)
-        .await
-        .expect("cancellation did not stop the provisioner")
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .starts_with("cancelled while running playbook"),
-        "{err}"
-    );
-
-    let kept = kept_inventory(inventory_dir.path(), "default");
-    assert_private_dir_gone(&kept).await;
+    // The inventory exists while Ansible runs; it names the run's private directory.
+    let running = kept_inventory(inventory_dir.path(), "default");
     let inventory = entries(inventory_dir.path()).remove(0);
+    assert!(!processes_mentioning(&inventory.to_string_lossy()).is_empty());
+    assert!(!processes_mentioning(&running.private_dir.to_string_lossy()).is_empty());
+
+    match stop {
+        Stop::Cancel => {
+            ctx.cancel.cancel.cancel();
+            let err = tokio::time::timeout(Duration::from_secs(20), run)
+                .await
+                .expect("cancellation did not stop the provisioner")
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("cancelled while running playbook"),
+                "{err}"
+            );
+        }
+        Stop::Drop => drop(run),
+    }
+
+    assert_private_dir_gone(&running).await;
     assert_no_process_mentions(&inventory.to_string_lossy()).await;
+    assert_eq!(entries(inventory_dir.path()), Vec::<PathBuf>::new());
+}
+
+#[tokio::test]
+async fn cancellation_kills_ansible_and_cleans_up() {
+    stop_while_running(Stop::Cancel).await;
+}
+
+#[tokio::test]
+async fn dropping_the_run_kills_ansible_and_cleans_up() {
+    stop_while_running(Stop::Drop).await;
 }
