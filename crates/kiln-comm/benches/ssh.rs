@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use kiln_comm::ssh::{SshCommunicator, SshConfig};
+use kiln_comm::ssh::{Secret, SshCommunicator, SshConfig};
 use kiln_comm::{Communicator, ExitStatus, RemoteCommand, UploadOptions, UploadSource};
-use kiln_testkit::Sshd;
+use kiln_testkit::{ensure_password_user, Sshd, SshdOptions};
 
 const COMMANDS: usize = 100;
 const FILES: usize = 1000;
@@ -16,7 +16,12 @@ const BIG_FILE: usize = 64 * 1024 * 1024;
 
 #[tokio::main]
 async fn main() {
-    let Some(sshd) = Sshd::start() else { return };
+    let Some(sshd) = Sshd::start_with(SshdOptions {
+        password_auth: true,
+        ..Default::default()
+    }) else {
+        return;
+    };
     let config = SshConfig {
         ssh_host: Some("127.0.0.1".into()),
         ssh_port: sshd.port(),
@@ -28,27 +33,19 @@ async fn main() {
     let comm = SshCommunicator::connect(&config).await.expect("connect");
     println!("connect + login: {}", millis(started.elapsed()));
 
-    let mut latencies = Vec::with_capacity(COMMANDS);
-    for i in 0..COMMANDS {
-        let cmd = RemoteCommand {
-            command: format!("echo {i}"),
-            ..Default::default()
-        };
-        let started = Instant::now();
-        let status = comm.exec(&cmd, &mut |_, _: &str| {}).await.expect("exec");
-        latencies.push(started.elapsed());
-        assert_eq!(status, ExitStatus::Code(0));
+    commands(&comm, "as root (bash, with root's ~/.bashrc)").await;
+    // A user whose login shell is `/bin/sh` shows the communicator's own cost per command.
+    if ensure_password_user("kiln-ssh-test", "kiln bench") {
+        let sh_user = SshCommunicator::connect(&SshConfig {
+            ssh_username: Some("kiln-ssh-test".into()),
+            ssh_private_key_file: None,
+            ssh_password: Some(Secret::new("kiln bench")),
+            ..config.clone()
+        })
+        .await
+        .expect("connect as the /bin/sh user");
+        commands(&sh_user, "as a /bin/sh user").await;
     }
-    latencies.sort();
-    let total: Duration = latencies.iter().sum();
-    println!(
-        "{COMMANDS} inline commands: total {}, mean {}, p50 {}, p95 {}, max {}",
-        millis(total),
-        millis(total / COMMANDS as u32),
-        millis(latencies[COMMANDS / 2]),
-        millis(latencies[COMMANDS * 95 / 100]),
-        millis(latencies[COMMANDS - 1]),
-    );
 
     let local = tempfile::tempdir().unwrap();
     for i in 0..FILES {
@@ -104,6 +101,31 @@ async fn main() {
         BIG_FILE / (1024 * 1024),
         millis(took),
         BIG_FILE as f64 / took.as_secs_f64() / (1024.0 * 1024.0)
+    );
+}
+
+/// Runs [`COMMANDS`] inline commands one after the other and prints their latency.
+async fn commands(comm: &SshCommunicator, label: &str) {
+    let mut latencies = Vec::with_capacity(COMMANDS);
+    for i in 0..COMMANDS {
+        let cmd = RemoteCommand {
+            command: format!("echo {i}"),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let status = comm.exec(&cmd, &mut |_, _: &str| {}).await.expect("exec");
+        latencies.push(started.elapsed());
+        assert_eq!(status, ExitStatus::Code(0));
+    }
+    latencies.sort();
+    let total: Duration = latencies.iter().sum();
+    println!(
+        "{COMMANDS} inline commands {label}: total {}, mean {}, p50 {}, p95 {}, max {}",
+        millis(total),
+        millis(total / COMMANDS as u32),
+        millis(latencies[COMMANDS / 2]),
+        millis(latencies[COMMANDS * 95 / 100]),
+        millis(latencies[COMMANDS - 1]),
     );
 }
 

@@ -11,7 +11,7 @@ use kiln_comm::ssh::{
 use kiln_comm::{
     CommError, Communicator, ExitStatus, RemoteCommand, Stream, UploadOptions, UploadSource,
 };
-use kiln_testkit::{free_port, Sshd, SshdOptions};
+use kiln_testkit::{ensure_password_user, free_port, Sshd, SshdOptions};
 
 /// Starts an sshd, or returns from the test when sshd is not installed (outside CI).
 macro_rules! sshd {
@@ -67,6 +67,13 @@ async fn run(comm: &SshCommunicator, cmd: RemoteCommand) -> (ExitStatus, Lines) 
     (status, lines)
 }
 
+/// The first stdout line of a command that must succeed.
+async fn first_line(comm: &SshCommunicator, line: &str) -> String {
+    let (status, lines) = run(comm, command(line)).await;
+    assert_eq!(status, ExitStatus::Code(0), "{lines:?}");
+    of(&lines, Stream::Stdout)[0].to_owned()
+}
+
 fn command(line: &str) -> RemoteCommand {
     RemoteCommand {
         command: line.into(),
@@ -74,10 +81,12 @@ fn command(line: &str) -> RemoteCommand {
     }
 }
 
+/// The lines of one stream. Lines about `pyenv` are dropped: on the development machine, root's
+/// `~/.bashrc` runs `pyenv init`, which complains when shells start side by side.
 fn of(lines: &Lines, stream: Stream) -> Vec<&str> {
     lines
         .iter()
-        .filter(|(s, _)| *s == stream)
+        .filter(|(s, line)| *s == stream && !line.contains("pyenv"))
         .map(|(_, l)| l.as_str())
         .collect()
 }
@@ -359,7 +368,7 @@ async fn ephemeral_key() {
     })
     .await
     .unwrap();
-    assert_eq!(run(&comm, command("id -u")).await.1[0].1, "0");
+    assert_eq!(first_line(&comm, "id -u").await, "0");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -402,7 +411,7 @@ async fn disconnect_across_an_sshd_restart_then_reconnect() {
     );
 
     comm.reconnect().await.unwrap();
-    assert_eq!(run(&comm, command("echo back")).await.1[0].1, "back");
+    assert_eq!(first_line(&comm, "echo back").await, "back");
     assert_eq!(comm.host_key().fingerprint, fingerprint);
 }
 
@@ -551,15 +560,172 @@ async fn through_a_bastion() {
     })
     .await
     .unwrap_or_else(|e| panic!("{}\nbastion:\n{}", chain(&e), bastion.log()));
-    let (status, lines) = run(&comm, command("echo through")).await;
-    assert_eq!(
-        (status, lines[0].1.as_str()),
-        (ExitStatus::Code(0), "through")
-    );
+    assert_eq!(first_line(&comm, "echo through").await, "through");
     assert_eq!(comm.host_key().fingerprint, target.host_key_fingerprint());
     assert!(
         bastion.log().contains("Accepted publickey for root"),
         "{}",
         bastion.log()
+    );
+}
+
+#[tokio::test]
+async fn password_login() {
+    let sshd = sshd!(SshdOptions {
+        password_auth: true,
+        ..Default::default()
+    });
+    if !ensure_password_user("kiln-ssh-test", "correct horse") {
+        return;
+    }
+    let login = SshConfig {
+        ssh_username: Some("kiln-ssh-test".into()),
+        ssh_private_key_file: None,
+        ssh_password: Some(kiln_comm::ssh::Secret::new("correct horse")),
+        ..config(&sshd)
+    };
+    let comm = SshCommunicator::connect(&login)
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), sshd.log()));
+    let (status, lines) = run(&comm, command("id -un")).await;
+    assert_eq!(status, ExitStatus::Code(0));
+    assert_eq!(lines, [(Stream::Stdout, "kiln-ssh-test".to_owned())]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_commands_share_one_connection() {
+    let sshd = sshd!();
+    let comm = std::sync::Arc::new(connect(&sshd).await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let comm = comm.clone();
+        tasks.spawn(async move {
+            let (status, lines) = run(&comm, command(&format!("sleep 1; echo {i}"))).await;
+            (i, status, lines)
+        });
+    }
+    let started = Instant::now();
+    while let Some(result) = tasks.join_next().await {
+        let (i, status, lines) = result.unwrap();
+        assert_eq!(status, ExitStatus::Code(0));
+        assert_eq!(of(&lines, Stream::Stdout), [i.to_string()]);
+    }
+    // Run side by side, not one after the other.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let logins = sshd.log().matches("Accepted publickey").count();
+    assert_eq!(
+        logins,
+        1,
+        "one connection for all commands:\n{}",
+        sshd.log()
+    );
+}
+
+#[tokio::test]
+async fn rsa_private_key_file() {
+    // OpenSSH 8.8+ refuses SHA-1 `ssh-rsa` signatures: this checks that rsa-sha2 is negotiated.
+    let keys = tempfile::tempdir().unwrap();
+    let path = keys.path().join("id_rsa");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f"])
+        .arg(&path)
+        .status()
+        .expect("run ssh-keygen");
+    assert!(status.success());
+    let public = std::fs::read_to_string(keys.path().join("id_rsa.pub")).unwrap();
+    let sshd = sshd!(SshdOptions {
+        authorized_keys: vec![public.trim().to_owned()],
+        ..Default::default()
+    });
+    let comm = SshCommunicator::connect(&SshConfig {
+        ssh_private_key_file: Some(path),
+        ..config(&sshd)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), sshd.log()));
+    assert_eq!(first_line(&comm, "echo rsa").await, "rsa");
+}
+
+/// A TCP proxy to `port` that can go silent without closing anything, like a machine that lost
+/// power: returns its port and a switch that stops all forwarding.
+async fn freezable_proxy(port: u16) -> (u16, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    let (freeze, frozen) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let mut frozen = frozen.clone();
+            tokio::spawn(async move {
+                let (mut client, mut server) = (client, server);
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = async { frozen.wait_for(|frozen| *frozen).await.is_ok() } => {
+                        // Hold both sockets open, forwarding nothing.
+                        std::future::pending::<()>().await
+                    }
+                }
+            });
+        }
+    });
+    (proxy_port, freeze)
+}
+
+#[tokio::test]
+async fn keep_alives_detect_a_machine_that_went_silent() {
+    let sshd = sshd!();
+    let (port, freeze) = freezable_proxy(sshd.port()).await;
+    let comm = SshCommunicator::connect(&SshConfig {
+        ssh_port: port,
+        ssh_keep_alive_interval: Duration::from_millis(200),
+        ..config(&sshd)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        run(&comm, command("echo alive")).await.0,
+        ExitStatus::Code(0)
+    );
+    let mut on_line = |_, line: &str| {
+        if line == "started" {
+            freeze.send(true).unwrap();
+        }
+    };
+    let started = Instant::now();
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        comm.exec(&command("echo started; sleep 60"), &mut on_line),
+    )
+    .await
+    .expect("the keep-alives notice the silence");
+    assert!(matches!(status, Ok(ExitStatus::Disconnected)), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn reconnect_requires_the_host_key_accepted_on_first_use() {
+    let mut sshd = sshd!();
+    let comm = connect(&sshd).await;
+    assert_eq!(comm.host_key().trust, HostKeyTrust::FirstUse);
+    sshd.restart_with_new_host_key();
+    let error = comm.reconnect().await.unwrap_err();
+    let CommError::Connect(source) = &error else {
+        panic!("expected a connect error, got {error:?}");
+    };
+    let mismatch = source.downcast_ref::<ConnectError>();
+    assert!(
+        matches!(mismatch, Some(ConnectError::HostKeyMismatch { .. })),
+        "{}",
+        chain(&error)
     );
 }

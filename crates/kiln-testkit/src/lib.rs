@@ -128,11 +128,16 @@ impl Sshd {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let pid = child.id() as i32;
-            for descendant in descendants(pid) {
-                // SAFETY: plain kill(2) on pids found under our own child.
-                unsafe { libc::kill(descendant, libc::SIGKILL) };
+            let mut all = descendants(pid);
+            all.push(pid);
+            // Freeze everything first, so that no session process can still report its
+            // command's end (an exit signal) to the client: the connection just drops.
+            for signal in [libc::SIGSTOP, libc::SIGKILL] {
+                for &process in &all {
+                    // SAFETY: plain kill(2) on our own child and the processes found under it.
+                    unsafe { libc::kill(process, signal) };
+                }
             }
-            child.kill().ok();
             child.wait().ok();
         }
     }
@@ -140,6 +145,16 @@ impl Sshd {
     /// Stops the server and starts it again on the same port with the same keys.
     pub fn restart(&mut self) {
         self.stop();
+        self.launch();
+    }
+
+    /// Restarts the server with a new host key, as a reinstalled machine (or an impostor) would.
+    pub fn restart_with_new_host_key(&mut self) {
+        self.stop();
+        for file in ["host_ed25519", "host_ed25519.pub"] {
+            std::fs::remove_file(self.dir.path().join(file)).unwrap();
+        }
+        keygen(&self.dir.path().join("host_ed25519"));
         self.launch();
     }
 
@@ -187,6 +202,38 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Makes sure the local user `name` exists (with a home and `/bin/sh` as its shell) and has
+/// `password`, for password-login tests. This changes the machine's user database, so it only
+/// runs as root, on a throwaway machine; returns `false` (after a note) otherwise.
+pub fn ensure_password_user(name: &str, password: &str) -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("note: skipping: creating the test user `{name}` needs root");
+        return false;
+    }
+    let exists = Command::new("id")
+        .args(["-u", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !exists {
+        let status = Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", name])
+            .status()
+            .expect("run useradd");
+        assert!(status.success(), "useradd {name} failed");
+    }
+    let mut chpasswd = Command::new("chpasswd")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run chpasswd");
+    use std::io::Write;
+    writeln!(chpasswd.stdin.take().unwrap(), "{name}:{password}").unwrap();
+    assert!(chpasswd.wait().unwrap().success(), "chpasswd failed");
+    true
 }
 
 fn keygen(path: &Path) {

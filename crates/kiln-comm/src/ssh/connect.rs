@@ -67,6 +67,8 @@ pub enum AttemptError {
     },
     #[error("{target} accepted the connection but sent no SSH banner within {}", format_waited(*.waited))]
     NoBanner { target: String, waited: Duration },
+    #[error("{target} stopped answering during the login (waited {})", format_waited(*.waited))]
+    LoginStalled { target: String, waited: Duration },
     #[error("the SSH handshake with {target} failed")]
     Handshake {
         target: String,
@@ -85,6 +87,18 @@ pub enum AttemptError {
         #[source]
         source: Box<russh::Error>,
     },
+}
+
+impl AttemptError {
+    /// Whether the attempt ran out of time before `HANDSHAKE_LIMIT`, i.e. hit `ssh_timeout`.
+    fn cut_short(&self) -> bool {
+        match self {
+            AttemptError::NoBanner { waited, .. } | AttemptError::LoginStalled { waited, .. } => {
+                *waited < HANDSHAKE_LIMIT
+            }
+            _ => false,
+        }
+    }
 }
 
 fn format_waited(waited: Duration) -> String {
@@ -213,14 +227,15 @@ pub(crate) async fn connect(
     let deadline = started + settings.timeout;
     let mut backoff = FIRST_BACKOFF;
     let mut rejections = 0;
+    let mut last: Option<AttemptError> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let last = match attempt(settings, policy, left).await {
+        let error = match attempt(settings, policy, left).await {
             Ok(done) => return Ok(done),
             Err(Failure::Fatal(error)) => return Err(error),
             Err(Failure::Retry(error)) => error,
         };
-        if let AttemptError::AuthRejected { target, user, .. } = &last {
+        if let AttemptError::AuthRejected { target, user, .. } = &error {
             rejections += 1;
             if rejections >= settings.handshake_attempts {
                 return Err(ConnectError::AuthRejected {
@@ -230,13 +245,19 @@ pub(crate) async fn connect(
                 });
             }
         }
+        // An attempt cut short by `ssh_timeout` says less than the one before it.
+        let reason = match last.take() {
+            Some(before) if error.cut_short() => before,
+            _ => error,
+        };
         if Instant::now() + backoff >= deadline {
             return Err(ConnectError::TimedOut {
                 target: settings.machine.target(),
                 waited: started.elapsed(),
-                last,
+                last: reason,
             });
         }
+        last = Some(reason);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -311,7 +332,8 @@ async fn open(
             source: Box::new(source),
         })
     };
-    let result = tokio::time::timeout(limit, handshake).await;
+    let until = tokio::time::Instant::now() + limit;
+    let result = tokio::time::timeout_at(until, handshake).await;
     let seen = seen.lock().unwrap().take();
     let (mut handle, host_key) = match (result, seen) {
         (_, Some(Err((expected, got)))) => {
@@ -331,10 +353,14 @@ async fn open(
             }))
         }
     };
-    authenticate(&mut handle, login)
-        .await
-        .map_err(Failure::Retry)?;
-    Ok((handle, host_key))
+    match tokio::time::timeout_at(until, authenticate(&mut handle, login)).await {
+        Ok(Ok(())) => Ok((handle, host_key)),
+        Ok(Err(error)) => Err(Failure::Retry(error)),
+        Err(_) => Err(Failure::Retry(AttemptError::LoginStalled {
+            target,
+            waited: limit,
+        })),
+    }
 }
 
 async fn authenticate(handle: &mut Handle<Client>, login: &Login) -> Result<(), AttemptError> {
@@ -345,11 +371,16 @@ async fn authenticate(handle: &mut Handle<Client>, login: &Login) -> Result<(), 
     };
     let mut offered = String::from("nothing");
     for key in &login.keys {
-        let hash = handle
-            .best_supported_rsa_hash()
-            .await
-            .map_err(handshake)?
-            .flatten();
+        // Only RSA keys need a signature hash, taken from what the server says it supports.
+        let hash = if key.public_key().algorithm().is_rsa() {
+            handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(handshake)?
+                .flatten()
+        } else {
+            None
+        };
         let key = PrivateKeyWithHashAlg::new(key.private_key(), hash);
         match handle
             .authenticate_publickey(&login.user, key)

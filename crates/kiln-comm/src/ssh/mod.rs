@@ -152,12 +152,25 @@ impl SshCommunicator {
         match status {
             ExitStatus::Code(0) => Ok(()),
             ExitStatus::Disconnected => Err(CommError::Disconnected),
-            status => Err(CommError::Remote(format!(
-                "`{command}` ended with {status:?}: {}",
-                String::from_utf8_lossy(&stderr).trim()
-            ))),
+            ExitStatus::Code(code) => Err(remote_failure(
+                command,
+                &format!("exited with {code}"),
+                &stderr,
+            )),
+            ExitStatus::Signal(signal) => Err(remote_failure(
+                command,
+                &format!("was killed by signal {signal}"),
+                &stderr,
+            )),
         }
     }
+}
+
+fn remote_failure(command: &str, how: &str, stderr: &[u8]) -> CommError {
+    CommError::Remote(format!(
+        "`{command}` {how}: {}",
+        String::from_utf8_lossy(stderr).trim()
+    ))
 }
 
 /// Maps a russh error during an operation: a dead session is a disconnect.
@@ -367,12 +380,11 @@ impl Communicator for SshCommunicator {
     /// accepted on first use included), waiting up to `ssh_timeout`.
     async fn reconnect(&self) -> Result<(), CommError> {
         let policy = self.state.lock().unwrap().policy.clone();
-        let (session, host_key) = connect::connect(&self.settings, &policy)
+        // The policy requires the key seen before, so `host_key()` stays as it was.
+        let (session, _) = connect::connect(&self.settings, &policy)
             .await
             .map_err(|e| CommError::Connect(Box::new(e)))?;
-        let mut state = self.state.lock().unwrap();
-        state.session = Arc::new(session);
-        state.host_key = host_key;
+        self.state.lock().unwrap().session = Arc::new(session);
         Ok(())
     }
 }

@@ -80,9 +80,14 @@ pub(super) async fn upload_dir(
     let root = src.to_owned();
     let mode = opts.mode;
     let pack = tokio::task::spawn_blocking(move || {
-        let mut bridge = SyncIoBridge::new(writer);
-        pack_dir(&root, mode, &mut bridge)?;
-        bridge.shutdown()
+        // Tar writes 512-byte headers: batch them into full channel packets.
+        let mut buffered =
+            std::io::BufWriter::with_capacity(PIPE_BUFFER, SyncIoBridge::new(writer));
+        pack_dir(&root, mode, &mut buffered)?;
+        buffered
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .shutdown()
     });
     let sent = comm.transfer(&command, Some(&mut reader), None).await;
     drop(reader);
