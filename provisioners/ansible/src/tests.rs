@@ -333,6 +333,28 @@ async fn a_missing_program_says_to_install_ansible() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+#[tokio::test]
+async fn a_failing_galaxy_install_stops_before_the_playbook() {
+    let (dir, pb) = playbook();
+    let req = dir.path().join("requirements.yml");
+    std::fs::write(&req, "roles: []\n").unwrap();
+    let attrs = json!({
+        "playbook_file": pb,
+        "galaxy_file": req,
+        "galaxy_command": "false",
+        // Reaching the playbook would fail differently: this program does not exist.
+        "command": "kiln-no-such-ansible-playbook",
+    });
+    let err = run_err(attrs, ssh_conn()).await;
+    assert_eq!(
+        err,
+        format!(
+            "`false` exited with code 1 running galaxy file `{}`",
+            req.display()
+        )
+    );
+}
+
 #[test]
 fn register_adds_the_provisioner() {
     let mut registry = Registry::default();

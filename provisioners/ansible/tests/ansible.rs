@@ -535,3 +535,66 @@ async fn cancellation_kills_ansible_and_cleans_up() {
 async fn dropping_the_run_kills_ansible_and_cleans_up() {
     stop_while_running(Stop::Drop).await;
 }
+
+#[tokio::test]
+async fn galaxy_installs_roles_into_roles_path_before_the_playbook() {
+    let sshd = sshd!();
+    let work = tempfile::tempdir().unwrap();
+    let role = work.path().join("src/greet");
+    std::fs::create_dir_all(role.join("tasks")).unwrap();
+    std::fs::create_dir_all(role.join("meta")).unwrap();
+    write(
+        &role.join("tasks"),
+        "main.yml",
+        "- ansible.builtin.debug:\n    msg: hello from the greet role\n",
+    );
+    write(
+        &role.join("meta"),
+        "main.yml",
+        "galaxy_info:\n  author: kiln\n  description: test\n  license: MIT\n  min_ansible_version: \"2.9\"\n  platforms: []\ndependencies: []\n",
+    );
+    let tarball = work.path().join("greet.tar.gz");
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(work.path().join("src"))
+        .arg("greet")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let requirements = write(
+        work.path(),
+        "requirements.yml",
+        &format!("- src: file://{}\n  name: greet\n", tarball.display()),
+    );
+    let playbook = write(
+        work.path(),
+        "roles.yml",
+        "- hosts: all\n  gather_facts: false\n  roles:\n    - greet\n",
+    );
+    let roles = work.path().join("roles");
+
+    let conn = conn(&sshd, Key::File, sshd.host_public_key());
+    let (result, lines) = run(
+        json!({
+            "playbook_file": playbook,
+            "galaxy_file": requirements,
+            "roles_path": roles,
+        }),
+        &conn,
+    )
+    .await;
+    result.unwrap_or_else(|e| panic!("{e}\noutput:\n{}", lines.join("\n")));
+    assert!(roles.join("greet/tasks/main.yml").is_file());
+    let installed = lines
+        .iter()
+        .position(|l| l.contains("greet was installed successfully"));
+    let greeted = lines
+        .iter()
+        .position(|l| l.contains("hello from the greet role"));
+    assert!(
+        matches!((installed, greeted), (Some(i), Some(g)) if i < g),
+        "{lines:?}"
+    );
+}
