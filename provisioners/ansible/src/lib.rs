@@ -245,17 +245,21 @@ async fn run(settings: &Settings, build: &BuildCtx, conn: &ConnInfo) -> Result<(
     }
     .await;
 
-    if settings.keep_inventory_file {
-        let kept = inventory_file
-            .keep()
-            .map_err(|e| AnsibleError::KeepInventory(e.error))?;
-        build.events.message(
-            Level::Info,
-            format!("kept the inventory file `{}`", kept.display()),
-        );
-    }
+    let kept = match settings.keep_inventory_file {
+        true => inventory_file.keep().map(Some),
+        false => Ok(None),
+    };
     // Closing SSH control masters waits on `ssh -O exit`; keep that off the runtime's threads.
     let _ = tokio::task::spawn_blocking(move || drop(workspace)).await;
+    match kept {
+        Ok(Some(path)) => build.events.message(
+            Level::Info,
+            format!("kept the inventory file `{}`", path.display()),
+        ),
+        Ok(None) => {}
+        // Ansible's own failure says more.
+        Err(e) => return result.and(Err(AnsibleError::KeepInventory(e.error))),
+    }
     result
 }
 
