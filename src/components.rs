@@ -7,5 +7,6 @@ pub fn registry() -> Registry {
     null::register(&mut r);
     shell_local::register(&mut r);
     manifest::register(&mut r);
+    ansible::register(&mut r);
     r
 }
