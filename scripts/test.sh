@@ -12,5 +12,13 @@ export CARGO_TERM_COLOR=never
 
 cargo fmt --all --check
 cargo build --workspace --all-targets --locked
-# Tests that start daemons share ports and processes: run them one test binary at a time.
-cargo test --workspace --locked -- --test-threads=2
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+# Tests that start daemons (sshd) each take their own port, so two threads are safe.
+cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log" || status=$?
+
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$status"

@@ -1,0 +1,419 @@
+//! `kiln build` end to end (needs the template language, the runner and the components: pass
+//! once merged): JSON events, parallel builds, the manifest, redaction, interrupts.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::fixture::{Kiln, Run};
+
+fn of_type<'a>(events: &'a [Value], ty: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == ty).collect()
+}
+
+fn find_files(dir: &Path, pred: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            find_files(&p, pred, out);
+        } else if pred(&p) {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn hello_builds_in_parallel_with_json_events_and_a_manifest() {
+    let k = Kiln::new();
+    let hello = k.copy_from_repo("templates/hello");
+    let r = k.run(&["build", "--json", hello.to_str().unwrap()]);
+    r.expect_code(0);
+    let events = r.events();
+    assert!(events
+        .iter()
+        .all(|e| e["v"] == 1 && e["run_id"].is_string() && e["time"].is_string()));
+
+    let started: Vec<&str> = of_type(&events, "build_started")
+        .iter()
+        .map(|e| e["build"].as_str().unwrap())
+        .collect();
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert_ne!(started[0], started[1]);
+    // Parallel: both builds start before either finishes.
+    let first_finish = events
+        .iter()
+        .position(|e| e["type"] == "build_finished")
+        .unwrap();
+    let second_start = events
+        .iter()
+        .rposition(|e| e["type"] == "build_started")
+        .unwrap();
+    assert!(
+        second_start < first_finish,
+        "builds ran one after the other"
+    );
+    for f in of_type(&events, "build_finished") {
+        assert_eq!(f["ok"], true, "{f}");
+    }
+    let run = of_type(&events, "run_finished");
+    assert_eq!(run.len(), 1);
+    assert_eq!(run[0]["ok"], true);
+    assert_eq!(run[0]["builds_ok"], 2);
+
+    let mut manifests = Vec::new();
+    find_files(
+        k.dir.path(),
+        &|p| p.file_name().is_some_and(|n| n == "manifest.json"),
+        &mut manifests,
+    );
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifests[0]).unwrap()).unwrap();
+    assert!(manifest.to_string().contains("first"), "{manifest}");
+    assert!(manifest.to_string().contains("second"), "{manifest}");
+}
+
+#[test]
+fn human_output_prefixes_builds_and_summarises() {
+    let k = Kiln::new();
+    let hello = k.copy_from_repo("templates/hello");
+    let r = k.run(&["build", "-color=false", hello.to_str().unwrap()]);
+    r.expect_code(0);
+    let out = r.stdout();
+    assert!(out.contains("hello.null.first: "), "{out}");
+    assert!(out.contains("hello.null.second: "), "{out}");
+    assert!(
+        out.contains("==> Builds finished. The artifacts of successful builds are:"),
+        "{out}"
+    );
+    assert!(!out.contains('\x1b'), "{out:?}");
+}
+
+#[test]
+fn parallel_builds_1_runs_one_at_a_time() {
+    let k = Kiln::new();
+    let hello = k.copy_from_repo("templates/hello");
+    let r = k.run(&[
+        "build",
+        "-parallel-builds",
+        "1",
+        "-machine-readable",
+        hello.to_str().unwrap(),
+    ]);
+    r.expect_code(0);
+    let kinds: Vec<&str> = r
+        .events()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| *t == "build_started" || *t == "build_finished")
+        .map(|t| {
+            if t == "build_started" {
+                "start"
+            } else {
+                "finish"
+            }
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(kinds, ["start", "finish", "start", "finish"]);
+}
+
+const FAILING: &str = r#"
+source "null" "f" {
+  communicator = "none"
+}
+
+build {
+  sources = ["source.null.f"]
+
+  provisioner "shell-local" {
+    inline = ["echo about to fail", "exit 7"]
+  }
+}
+"#;
+
+#[test]
+fn a_failed_build_exits_1_with_its_error() {
+    let k = Kiln::new();
+    k.write("f.pkr.hcl", FAILING);
+    let r = k.run(&["build", "-color=false", "f.pkr.hcl"]);
+    r.expect_code(1);
+    let out = r.stdout();
+    assert!(out.contains("    null.f: about to fail"), "{out}");
+    assert!(
+        out.contains("==> Some builds didn't complete successfully and had errors:\n--> null.f: "),
+        "{out}"
+    );
+}
+
+#[test]
+fn on_error_ask_without_a_terminal_cleans_up() {
+    let k = Kiln::new();
+    k.write("f.pkr.hcl", FAILING);
+    let r = Run(k
+        .cmd(&["build", "-on-error=ask", "f.pkr.hcl"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap());
+    r.expect_code(1);
+    assert!(
+        r.stderr()
+            .contains("needs a terminal on stdin; cleaning up"),
+        "{}",
+        r.stderr()
+    );
+}
+
+const SECRET: &str = "hunter2-s3cr3t-value";
+
+const SENSITIVE: &str = r#"
+variable "secret" {
+  type      = string
+  sensitive = true
+}
+
+source "null" "s" {
+  communicator = "none"
+}
+
+build {
+  sources = ["source.null.s"]
+
+  provisioner "shell-local" {
+    inline = ["echo the secret is ${var.secret}", "echo and again: $SECRET"]
+    environment_vars = ["SECRET=${var.secret}"]
+  }
+}
+"#;
+
+#[test]
+fn sensitive_values_never_appear() {
+    let k = Kiln::new();
+    k.write("s.pkr.hcl", SENSITIVE);
+    let var = format!("secret={SECRET}");
+    for mode in ["--json", "-color=false", "-timestamp-ui"] {
+        let r = k.run(&["build", mode, "-var", &var, "s.pkr.hcl"]);
+        r.expect_code(0);
+        let (out, err) = (r.stdout(), r.stderr());
+        assert!(
+            !out.contains(SECRET) && !err.contains(SECRET),
+            "{mode}: leaked\n{out}\n{err}"
+        );
+        assert!(out.contains("the secret is <sensitive>"), "{mode}: {out}");
+    }
+    // The hello template's token too.
+    let hello = k.copy_from_repo("templates/hello");
+    let r = k.run(&["build", "--json", hello.to_str().unwrap()]);
+    r.expect_code(0);
+    assert!(
+        !r.stdout().contains("not-a-real-token-42"),
+        "{}",
+        r.stdout()
+    );
+}
+
+const SLEEPER: &str = r#"
+variable "marker" {
+  type = string
+}
+
+source "null" "c" {
+  communicator = "none"
+}
+
+build {
+  sources = ["source.null.c"]
+
+  provisioner "shell-local" {
+    inline = [
+      "echo $$ > '${var.marker}.tmp' && mv '${var.marker}.tmp' '${var.marker}'",
+      "exec sleep 1000",
+    ]
+  }
+}
+"#;
+
+/// Whether `pid` is a live `sleep` (not gone, not a zombie).
+fn sleep_alive(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    // The state follows the parenthesised command name.
+    let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+    cmd.starts_with("sleep") && !matches!(state, Some(Some('Z')) | None)
+}
+
+/// Waits until the shell that wrote `pid` has `exec`ed `sleep`.
+fn wait_until_sleeping(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sleep_alive(pid) {
+        assert!(Instant::now() < deadline, "{pid} never became `sleep`");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn interrupt_cancels_cleans_up_and_exits_130() {
+    let k = Kiln::new();
+    k.write("c.pkr.hcl", SLEEPER);
+    let marker = k.path("started");
+    let var = format!("marker={}", marker.display());
+    let mut child = k
+        .cmd(&["build", "--json", "-var", &var, "c.pkr.hcl"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let kiln_pid = child.id() as i32;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pid: i32 = loop {
+        if let Ok(text) = std::fs::read_to_string(&marker) {
+            break text.trim().parse().expect("pid in marker");
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "kiln exited ({status}) before the provisioner started:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(Instant::now() < deadline, "the provisioner never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    wait_until_sleeping(pid);
+
+    // SAFETY: sending a signal to the child we spawned.
+    assert_eq!(unsafe { libc::kill(kiln_pid, libc::SIGINT) }, 0);
+
+    // `wait_with_output` reads both pipes to the end; kiln closes them when it exits.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let out = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => Run(out.unwrap()),
+        Err(_) => {
+            // SAFETY: as above.
+            unsafe { libc::kill(kiln_pid, libc::SIGKILL) };
+            panic!("kiln did not exit within 60 s of SIGINT");
+        }
+    };
+    out.expect_code(130);
+    assert!(!sleep_alive(pid), "sleep {pid} survived the interrupt");
+    assert!(
+        out.stderr().contains("interrupt received"),
+        "{}",
+        out.stderr()
+    );
+    let events = out.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "cleanup_started" || e["type"] == "cleanup_finished"),
+        "no cleanup events: {}",
+        out.stdout()
+    );
+    let finished = of_type(&events, "build_finished");
+    assert_eq!(finished.len(), 1, "{}", out.stdout());
+    assert_eq!(finished[0]["cancelled"], true);
+}
+
+const STUBBORN: &str = r#"
+variable "marker" {
+  type = string
+}
+
+source "null" "c" {
+  communicator = "none"
+}
+
+build {
+  sources = ["source.null.c"]
+
+  provisioner "shell-local" {
+    # Every process of the group ignores SIGTERM.
+    execute_command = ["/bin/sh", "-c", "trap '' TERM; {{.Vars}} {{.Script}}"]
+    inline = [
+      "echo $$ > '${var.marker}.tmp' && mv '${var.marker}.tmp' '${var.marker}'",
+      "exec sleep 1000",
+    ]
+  }
+}
+"#;
+
+/// A second interrupt hurries the cleanup: a process that ignores SIGTERM is killed at once
+/// instead of after the grace period (5 s in `shell-local`).
+#[test]
+#[ignore = "the runner drops a cancelled provisioner (its process group is SIGKILLed at once), \
+            so shell-local's SIGTERM grace and the hurry cannot be observed yet"]
+fn second_interrupt_hurries() {
+    use std::io::BufRead;
+
+    let k = Kiln::new();
+    k.write("c.pkr.hcl", STUBBORN);
+    let marker = k.path("started");
+    let var = format!("marker={}", marker.display());
+    let mut child = k
+        .cmd(&["build", "-color=false", "-var", &var, "c.pkr.hcl"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let kiln_pid = child.id() as i32;
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pid: i32 = loop {
+        if let Ok(text) = std::fs::read_to_string(&marker) {
+            break text.trim().parse().expect("pid in marker");
+        }
+        assert!(child.try_wait().unwrap().is_none(), "kiln exited early");
+        assert!(Instant::now() < deadline, "the provisioner never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let wait_for = |text: &str| loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no `{text}` on stderr"));
+        if line.contains(text) {
+            break;
+        }
+    };
+
+    wait_until_sleeping(pid);
+    let first = Instant::now();
+    // SAFETY: signalling the child we spawned.
+    assert_eq!(unsafe { libc::kill(kiln_pid, libc::SIGINT) }, 0);
+    wait_for("interrupt received");
+    assert!(
+        sleep_alive(pid),
+        "sleep ignores SIGTERM and should still run"
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(kiln_pid, libc::SIGINT) }, 0);
+    wait_for("second interrupt");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "kiln did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert!(!sleep_alive(pid), "sleep {pid} survived");
+    let took = first.elapsed();
+    assert!(took < Duration::from_secs(3), "hurrying took {took:?}");
+}

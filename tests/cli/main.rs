@@ -1,0 +1,7 @@
+//! Integration tests of the `kiln` binary: one test binary, one module per area.
+
+mod build;
+mod fixture;
+mod fmt;
+mod usage;
+mod validate;

@@ -1,0 +1,114 @@
+//! `kiln validate` and `kiln inspect` (need the template language: pass once merged).
+
+use crate::fixture::{repo, Kiln};
+
+#[test]
+fn accepts_the_hello_template() {
+    let k = Kiln::new();
+    let hello = repo().join("templates/hello");
+    let r = k.run(&["validate", hello.to_str().unwrap()]);
+    r.expect_code(0);
+    assert!(
+        r.stdout().contains("The configuration is valid."),
+        "{}",
+        r.stdout()
+    );
+    let r = k.run(&["validate", "-syntax-only", hello.to_str().unwrap()]);
+    r.expect_code(0);
+}
+
+/// `path:line:col` somewhere in `text`, for a file named `name`.
+fn has_location(text: &str, name: &str) -> bool {
+    text.split(name).skip(1).any(|rest| {
+        let mut parts = rest.splitn(3, ':');
+        parts.next() == Some("")
+            && parts.next().is_some_and(|l| l.parse::<u32>().is_ok())
+            && parts
+                .next()
+                .is_some_and(|c| c.chars().next().is_some_and(|c| c.is_ascii_digit()))
+    })
+}
+
+#[test]
+fn rejects_a_syntax_error_with_its_location() {
+    let k = Kiln::new();
+    k.write(
+        "bad.pkr.hcl",
+        "source \"null\" \"a\" {\n  communicator = \"none\"\n}\n\nbuild {\n  sources = [\"source.null.a\"\n}\n",
+    );
+    let r = k.run(&["validate", "bad.pkr.hcl"]);
+    r.expect_code(2);
+    assert!(has_location(&r.stderr(), "bad.pkr.hcl"), "{}", r.stderr());
+    assert!(!r.stdout().contains("valid"), "{}", r.stdout());
+}
+
+#[test]
+fn rejects_an_unknown_option_with_its_location() {
+    let k = Kiln::new();
+    k.write(
+        "bad.pkr.hcl",
+        "source \"null\" \"a\" {\n  communicator = \"none\"\n  communicatorr = \"x\"\n}\n\nbuild {\n  sources = [\"source.null.a\"]\n}\n",
+    );
+    let r = k.run(&["validate", "-color=false", "bad.pkr.hcl"]);
+    r.expect_code(2);
+    let err = r.stderr();
+    assert!(has_location(&err, "bad.pkr.hcl"), "{err}");
+    assert!(err.contains("bad.pkr.hcl:3:"), "points at line 3: {err}");
+    assert!(!err.contains('\x1b'), "colour with -color=false: {err:?}");
+}
+
+#[test]
+fn only_selects_builds() {
+    let k = Kiln::new();
+    let hello = repo().join("templates/hello");
+    k.run(&["validate", "-only=*.first", hello.to_str().unwrap()])
+        .expect_code(0);
+}
+
+#[test]
+fn inspect_hides_sensitive_values() {
+    let k = Kiln::new();
+    let hello = repo().join("templates/hello");
+    let r = k.run(&["inspect", hello.to_str().unwrap()]);
+    r.expect_code(0);
+    let out = r.stdout();
+    assert!(out.contains("var.api_token: <sensitive>"), "{out}");
+    assert!(!out.contains("not-a-real-token-42"), "{out}");
+    assert!(out.contains("null.first"), "{out}");
+    assert!(out.contains("shell-local"), "{out}");
+    assert!(out.contains("manifest"), "{out}");
+}
+
+#[test]
+fn var_and_var_file_apply_in_command_line_order() {
+    let k = Kiln::new();
+    let hello = repo().join("templates/hello");
+    let hello = hello.to_str().unwrap();
+    k.write("v.pkrvars.hcl", "greeting = \"from-file\"\n");
+    let r = k.run(&[
+        "inspect",
+        "-var",
+        "greeting=from-flag",
+        "-var-file=v.pkrvars.hcl",
+        hello,
+    ]);
+    r.expect_code(0);
+    assert!(
+        r.stdout().contains("var.greeting: \"from-file\""),
+        "{}",
+        r.stdout()
+    );
+    let r = k.run(&[
+        "inspect",
+        "-var-file",
+        "v.pkrvars.hcl",
+        "-var=greeting=from-flag",
+        hello,
+    ]);
+    r.expect_code(0);
+    assert!(
+        r.stdout().contains("var.greeting: \"from-flag\""),
+        "{}",
+        r.stdout()
+    );
+}
