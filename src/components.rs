@@ -6,6 +6,9 @@ pub fn registry() -> Registry {
     let mut r = Registry::default();
     null::register(&mut r);
     shell_local::register(&mut r);
+    shell::register(&mut r);
+    file::register(&mut r);
+    breakpoint::register(&mut r);
     manifest::register(&mut r);
     ansible::register(&mut r);
     r
