@@ -20,9 +20,11 @@ fi
 if command -v hyperfine >/dev/null; then
     json="$(mktemp)"
     trap 'rm -f "$json"' EXIT
-    hyperfine --warmup 3 --runs "$runs" --export-json "$json" --style none \
+    hyperfine -N --warmup 3 --runs "$runs" --export-json "$json" --style none \
         "'$KILN' validate '$template'" >/dev/null
-    python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print(f"kiln validate: {r[\"mean\"]*1000:.2f} ms per run (hyperfine, {len(r[\"times\"])} runs)")' "$json"
+    python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))["results"][0]
+print("kiln validate: %.2f ms per run (hyperfine, %d runs, min %.2f ms)" % (r["mean"] * 1000, len(r["times"]), r["min"] * 1000))' "$json"
 else
     start=$(date +%s%N)
     for ((i = 0; i < runs; i++)); do

@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   # The SSH communicator's tests run a real OpenSSH server on loopback.
   openssh-server openssh-client
+  # The ansible provisioner runs the host's ansible-playbook.
+  ansible-core
   # `kiln validate` benchmark.
   hyperfine
   # The docker builder's tests: an engine, a registry and base images made locally.

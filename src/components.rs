@@ -7,7 +7,11 @@ pub fn registry() -> Registry {
     null::register(&mut r);
     docker::register(&mut r);
     shell_local::register(&mut r);
+    shell::register(&mut r);
+    file::register(&mut r);
+    breakpoint::register(&mut r);
     manifest::register(&mut r);
     docker_post_processors::register(&mut r);
+    ansible::register(&mut r);
     r
 }

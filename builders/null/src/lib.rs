@@ -264,6 +264,8 @@ impl Step<NullState> for Connect<'_> {
                 .as_ref()
                 .map(|p| Sensitive::new(p.expose().to_string())),
             ssh_private_key: private_key.map(Sensitive::new),
+            ssh_private_key_file: ssh.ssh_private_key_file.clone(),
+            ssh_host_key: Some(key.public_key),
             ..ConnInfo::default()
         };
         state.comm = Some(Box::new(comm));

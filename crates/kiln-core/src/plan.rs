@@ -179,32 +179,59 @@ impl Config {
     /// objects under the block's name). An error names the attribute and points at it.
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> DecodeResult<T> {
         let value = self.to_json();
-        serde_path_to_error::deserialize::<_, T>(value).map_err(|err| {
+        serde_path_to_error::deserialize::<_, T>(value.clone()).map_err(|err| {
             let path = err.path().to_string();
             let first = err
                 .path()
                 .iter()
                 .next()
                 .map(|seg| seg.to_string())
-                .unwrap_or_default();
-            let span = self
-                .attrs
-                .iter()
-                .find(|a| a.key == first)
-                .map(|a| a.span)
-                .or_else(|| {
-                    self.blocks
+                .filter(|seg| !seg.is_empty() && seg != ".")
+                // `#[serde(flatten)]` loses the path: find the attribute whose absence changes
+                // the error instead.
+                .or_else(|| self.culprit::<T>(&value, &err.inner().to_string()));
+            let span = first
+                .as_deref()
+                .and_then(|first| {
+                    self.attrs
                         .iter()
-                        .find(|b| b.ident == first)
-                        .map(|b| b.span)
+                        .find(|a| a.key == first)
+                        .map(|a| a.span)
+                        .or_else(|| {
+                            self.blocks
+                                .iter()
+                                .find(|b| b.ident == first)
+                                .map(|b| b.span)
+                        })
                 })
                 .unwrap_or(self.span);
-            let msg = if path.is_empty() || path == "." {
-                format!("invalid `{}` configuration: {}", self.kind, err.inner())
-            } else {
-                format!("invalid value for `{path}`: {}", err.inner())
+            let msg = match first {
+                Some(_) if !path.is_empty() && path != "." => {
+                    format!("invalid value for `{path}`: {}", err.inner())
+                }
+                Some(key) => format!("invalid value for `{key}`: {}", err.inner()),
+                None => format!("invalid `{}` configuration: {}", self.kind, err.inner()),
             };
             crate::diag::Diagnostic::error(msg).at(span).into()
+        })
+    }
+
+    /// The first top-level key whose removal from `value` makes decoding give another error than
+    /// `error`: the attribute (or block) to blame when serde could not say.
+    fn culprit<T: serde::de::DeserializeOwned>(
+        &self,
+        value: &serde_json::Value,
+        error: &str,
+    ) -> Option<String> {
+        let object = value.as_object()?;
+        object.keys().find_map(|key| {
+            let mut without = object.clone();
+            without.remove(key);
+            let changed = match serde_json::from_value::<T>(serde_json::Value::Object(without)) {
+                Ok(_) => true,
+                Err(e) => e.to_string() != error,
+            };
+            changed.then(|| key.clone())
         })
     }
 

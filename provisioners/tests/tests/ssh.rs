@@ -20,6 +20,7 @@ fn registry() -> Registry {
     shell::register(&mut registry);
     file::register(&mut registry);
     breakpoint::register(&mut registry);
+    ansible::register(&mut registry);
     registry
 }
 
@@ -879,4 +880,64 @@ fn the_ssh_connection_is_closed_after_the_build() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(connections_to(port), 0, "the connection outlived the build");
+}
+
+/// The `ansible` provisioner, driven by a template through the `null` builder: it reaches the
+/// machine directly over SSH with the builder's key and the host key the builder verified.
+#[tokio::test]
+async fn ansible_playbook_runs_through_the_null_builder() {
+    let Some(host) = Host::start() else { return };
+    if std::process::Command::new("ansible-playbook")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ansible-playbook is missing"
+        );
+        eprintln!("note: skipping: ansible-playbook is missing");
+        return;
+    }
+    let user = "kiln-e2e-ansible";
+    std::fs::write(
+        host.path("site.yml"),
+        format!(
+            r#"- hosts: all
+  gather_facts: false
+  tasks:
+    - name: a user
+      ansible.builtin.user:
+        name: {user}
+    - name: a file
+      ansible.builtin.copy:
+        dest: "{w}/from-ansible"
+        content: "made by {{{{ packer_build_name }}}}\n"
+"#,
+            w = host.work.path().display()
+        ),
+    )
+    .unwrap();
+    let dir = host.template(
+        r#"
+  provisioner "ansible" {
+    playbook_file = "{{W}}/site.yml"
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    let created = std::process::Command::new("id").arg(user).output().unwrap();
+    let _ = std::process::Command::new("userdel")
+        .arg("-r")
+        .arg(user)
+        .output();
+    assert_ok(&summary, &events);
+    assert!(
+        created.status.success(),
+        "the playbook did not create {user}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.path("from-ansible")).unwrap(),
+        "made by host\n"
+    );
 }

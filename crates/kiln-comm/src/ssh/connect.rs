@@ -464,6 +464,7 @@ impl Client {
         let got = fingerprint(key);
         let verdict = self.policy.check(key).map(|trust| HostKeyInfo {
             fingerprint: got.clone(),
+            public_key: key.to_openssh().unwrap_or_default(),
             trust,
         });
         let accepted = verdict.is_ok();

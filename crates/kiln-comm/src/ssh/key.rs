@@ -84,6 +84,8 @@ pub enum HostKeyTrust {
 pub struct HostKeyInfo {
     /// `SHA256:...`, as `ssh-keygen -l` prints it.
     pub fingerprint: String,
+    /// The key itself in OpenSSH `TYPE BASE64` form, for `known_hosts` files (e.g. ansible's).
+    pub public_key: String,
     pub trust: HostKeyTrust,
 }
 
