@@ -20,11 +20,12 @@ fi
 mkdir -p "$cache"
 if [ ! -f "$tarball" ]; then
   # A fixed SOURCE_DATE_EPOCH makes mmdebstrap's output bit-identical across runs.
-  SOURCE_DATE_EPOCH=1700000000 mmdebstrap --quiet --variant=minbase bookworm "$tarball.part"
+  SOURCE_DATE_EPOCH=1700000000 mmdebstrap --quiet --variant=minbase --format=tar bookworm "$tarball.part"
   mv "$tarball.part" "$tarball"
 fi
 
-api -X POST -H 'Content-Type: application/x-tar' --data-binary "@$tarball" \
+# `-T` streams the file (`--data-binary @file` would read it all into memory first).
+api -X POST -H 'Content-Type: application/x-tar' -T "$tarball" \
   "http://docker/images/create?fromSrc=-&repo=kiln-test/debian&tag=$hash&changes=CMD%20%5B%22bash%22%5D" \
   | grep -q '"status"' || { echo "importing $image failed" >&2; exit 1; }
 echo "$image"

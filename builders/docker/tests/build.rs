@@ -14,7 +14,7 @@ use kiln_core::event::{EventKind, EventSink, Redactor};
 use kiln_core::runner::{run_plan, OnError, RunOptions, RunSummary};
 use kiln_core::template::{self, LoadOptions};
 use kiln_testkit::docker::{
-    busybox_image, container_names, engine, inspect_image, remove_image, RemoveOnDrop,
+    busybox_image, container_names, debian_image, engine, inspect_image, remove_image, RemoveOnDrop,
 };
 
 fn registry() -> Registry {
@@ -425,5 +425,45 @@ build {{
     let raw = inspect_image(&a);
     assert_eq!(raw["Created"], "1970-01-01T00:00:00Z");
     assert_no_build_residue(&raw);
+    remove_image(&a);
+}
+
+#[tokio::test]
+async fn debian_builds_with_a_new_user_are_reproducible() {
+    if engine().is_none() {
+        return;
+    }
+    let base = debian_image(&repo_dir());
+    let dir = template_dir(&format!(
+        r#"
+source "docker" "debian" {{
+  image        = "{base}"
+  commit       = true
+  reproducible = true
+}}
+build {{
+  sources = ["source.docker.debian"]
+  provisioner "shell" {{
+    environment_vars = ["SOURCE_DATE_EPOCH=0"]
+    inline = [
+      "useradd --create-home --uid 1500 app",
+      "echo hello > /home/app/hello",
+      "chown app:app /home/app/hello",
+    ]
+  }}
+}}
+"#
+    ));
+    let (first, _, _) = build(dir.path(), &[], OnError::Cleanup).await;
+    let (second, _, run_id) = build(dir.path(), &[], OnError::Cleanup).await;
+    let (a, b) = (artifact_id(&first), artifact_id(&second));
+    assert_eq!(a, b, "two reproducible Debian builds differ");
+    assert_no_container_of(run_id);
+    let docker = docker().await;
+    let check = "id app; stat -c %U /home/app/hello; cat /home/app/hello";
+    assert_eq!(
+        run_image(&docker, &a, Some(&["sh", "-c", check])).await,
+        "uid=1500(app) gid=1500(app) groups=1500(app)\napp\nhello\n"
+    );
     remove_image(&a);
 }

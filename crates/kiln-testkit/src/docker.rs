@@ -313,6 +313,18 @@ pub fn container_names() -> Vec<String> {
         .collect()
 }
 
+/// The Debian bookworm minbase image `vm-tests/docker-base.sh` (under `repo`) makes, built on
+/// first use (about a minute; then cached under `/var/tmp/kiln-cache/`). Call [`engine`] first.
+pub fn debian_image(repo: &Path) -> String {
+    let out = Command::new("bash")
+        .arg(repo.join("vm-tests/docker-base.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run vm-tests/docker-base.sh");
+    assert!(out.status.success(), "vm-tests/docker-base.sh failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// A deterministic tarball of a busybox root filesystem.
 fn busybox_rootfs() -> Vec<u8> {
     if !Path::new(BUSYBOX).exists() {
