@@ -467,3 +467,60 @@ build {{
     );
     remove_image(&a);
 }
+
+#[tokio::test]
+async fn an_interrupted_build_removes_its_container() {
+    if engine().is_none() {
+        return;
+    }
+    let dir = template_dir(&format!(
+        r#"
+source "docker" "slow" {{
+  image  = "{base}"
+  commit = true
+}}
+build {{
+  sources = ["source.docker.slow"]
+  provisioner "shell" {{
+    inline = ["echo started", "sleep 600"]
+  }}
+}}
+"#,
+        base = busybox_image(&[])
+    ));
+    let opts = LoadOptions {
+        path: dir.path().to_path_buf(),
+        var_args: Vec::new(),
+        env: Vec::new(),
+    };
+    let registry = registry();
+    let loaded = template::load(&opts);
+    let (plan, diags) = template::plan(&loaded, &opts, &registry);
+    let plan = plan.unwrap_or_else(|| panic!("the template is invalid:\n{diags}"));
+    let run_id = uuid::Uuid::new_v4();
+    let (sink, mut rx) = EventSink::channel(run_id, Redactor::default());
+    let cancel = kiln_core::runner::Cancel::new();
+    let options = RunOptions {
+        cancel: cancel.clone(),
+        ..RunOptions::default()
+    };
+    let run = tokio::spawn(async move { run_plan(&plan, &registry, options, sink).await });
+    // Interrupt once the provisioner runs inside the container.
+    while let Some(event) = rx.recv().await {
+        if matches!(&event.kind, EventKind::Output { line, .. } if line == "started") {
+            break;
+        }
+    }
+    let prefix = format!("kiln-{}", &run_id.simple().to_string()[..12]);
+    assert_eq!(
+        container_names()
+            .iter()
+            .filter(|n| n.starts_with(&prefix))
+            .count(),
+        1
+    );
+    cancel.cancel.cancel();
+    let summary = run.await.unwrap();
+    assert!(summary.cancelled || !summary.ok());
+    assert_no_container_of(run_id);
+}
