@@ -123,5 +123,15 @@ for name, values in times.items():
     print(f"  {name:<16} {statistics.median(values):7.0f}" if values else f"  {name:<16}   (none)")
 print(f"  {'total (wall)':<16} {statistics.median(totals):7.0f}")
 PY
-docker_image_ids=$(api "http://docker/images/json" | python3 -c 'import json,sys; print(" ".join(i["Id"] for i in json.load(sys.stdin) if any(t.startswith("127.0.0.1:'"$port"'/kiln/bench") for t in (i.get("RepoTags") or []))))')
-for id in $docker_image_ids; do api -X DELETE "http://docker/images/$id?force=1" >/dev/null || true; done
+# Remove every image the builds made (each build's tag moved on to the next one).
+python3 - "$work" <<'PY' | while read -r id; do api -X DELETE "http://docker/images/$id?force=1" >/dev/null || true; done
+import glob, json, sys
+ids = set()
+for path in glob.glob(f"{sys.argv[1]}/*.jsonl"):
+    for line in open(path):
+        event = json.loads(line)
+        if event.get("type") == "artifact_produced":
+            ids.add(event["artifact"]["id"])
+print("\n".join(sorted(i for i in ids if i.startswith("sha256:"))))
+PY
+api -X DELETE "http://docker/images/kiln-bench/busybox:1?force=1" >/dev/null || true
