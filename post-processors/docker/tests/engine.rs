@@ -185,3 +185,49 @@ fn tar_has(path: &Path, name: &str) -> bool {
         .any(|e| e.unwrap().path().unwrap() == Path::new(name));
     found
 }
+
+#[tokio::test]
+async fn reproducible_rebuilds_push_the_same_manifest_digest() {
+    if engine().is_none() {
+        return;
+    }
+    let Some(reg) = registry() else { return };
+    let text = format!(
+        r#"
+source "docker" "repro" {{
+  image        = "{base}"
+  commit       = true
+  reproducible = true
+}}
+build {{
+  sources = ["source.docker.repro"]
+  provisioner "shell" {{
+    inline = ["echo same > /same.txt"]
+  }}
+  post-processors {{
+    post-processor "docker-tag" {{
+      repository = "{host}/kiln/repro"
+      tags       = ["1"]
+    }}
+    post-processor "docker-push" {{}}
+  }}
+}}
+"#,
+        base = busybox_image(&[]),
+        host = reg.host()
+    );
+    let mut digests = Vec::new();
+    for _ in 0..2 {
+        let (outcome, _) = build(&text).await;
+        let artifact = outcome.artifacts.last().unwrap();
+        digests.push(
+            artifact.data["RepoDigests"][0]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        // The second build starts from nothing of the first.
+        remove_image(&artifact.id);
+    }
+    assert_eq!(digests[0], digests[1]);
+}
