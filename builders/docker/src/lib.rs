@@ -89,6 +89,11 @@ const OPTIONS: &[OptionSpec] = &[
         "bool",
         "Write the image layer and config deterministically (default: when SOURCE_DATE_EPOCH is set).",
     ),
+    opt(
+        "oci_layout",
+        "string",
+        "With reproducible output, also write the image as an OCI image layout directory here.",
+    ),
     opt("communicator", "string", "Only `docker`."),
 ];
 
@@ -122,6 +127,7 @@ struct Options {
     login_username: Option<String>,
     login_password: Option<String>,
     reproducible: Option<bool>,
+    oci_layout: Option<PathBuf>,
     communicator: String,
 }
 
@@ -150,6 +156,7 @@ impl Default for Options {
             login_username: None,
             login_password: None,
             reproducible: None,
+            oci_layout: None,
             communicator: "docker".to_string(),
         }
     }
@@ -186,6 +193,8 @@ pub(crate) struct Settings {
     pub credentials: Option<bollard::auth::DockerCredentials>,
     /// `SOURCE_DATE_EPOCH` when the output is to be reproducible.
     pub source_date_epoch: Option<i64>,
+    /// Where to write an OCI image layout too (reproducible output only).
+    pub oci_layout: Option<PathBuf>,
 }
 
 struct DockerKind;
@@ -296,6 +305,13 @@ fn settings(config: &Config, epoch: Option<String>) -> Result<Settings, Diagnost
                 .at(config.span_of("reproducible")),
         );
     }
+    if opts.oci_layout.is_some() && (source_date_epoch.is_none() || !opts.commit) {
+        diags.push(
+            Diagnostic::error("`oci_layout` needs reproducible output and `commit = true`")
+                .at(config.span_of("oci_layout"))
+                .with_help("set `reproducible = true` (or `SOURCE_DATE_EPOCH`)"),
+        );
+    }
     if diags.has_errors() {
         return Err(diags);
     }
@@ -329,6 +345,7 @@ fn settings(config: &Config, epoch: Option<String>) -> Result<Settings, Diagnost
         fix_upload_owner: opts.fix_upload_owner,
         credentials,
         source_date_epoch,
+        oci_layout: opts.oci_layout,
     })
 }
 

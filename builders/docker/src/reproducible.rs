@@ -46,6 +46,12 @@ pub enum ReproducibleError {
     },
     #[error("cannot load the image into the engine")]
     Load(#[source] BoxError),
+    #[error("cannot write the OCI image layout `{}`", path.display())]
+    OciLayout {
+        path: std::path::PathBuf,
+        #[source]
+        source: BoxError,
+    },
     #[error("the engine loaded the image as `{got}`, not `{expected}`")]
     Mismatch { expected: String, got: String },
 }
@@ -89,8 +95,25 @@ pub(crate) async fn commit(
     let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
     let config = config_bytes(docker, id, base, s, epoch, &diff_id).await?;
     let image_id = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
+    if let Some(dir) = &s.oci_layout {
+        let base_id = base.id.clone().unwrap_or_default();
+        let base_layers = diff_ids_of(base);
+        oci::write(docker, &base_id, &base_layers, &config, &layer, dir)
+            .await
+            .map_err(|source| ReproducibleError::OciLayout {
+                path: dir.clone(),
+                source,
+            })?;
+    }
     load(docker, base, &config, &image_id, layer).await?;
     Ok(image_id)
+}
+
+fn diff_ids_of(base: &ImageInspect) -> Vec<String> {
+    base.root_fs
+        .as_ref()
+        .and_then(|r| r.layers.clone())
+        .unwrap_or_default()
 }
 
 /// The layer tar: the changed entries of the container's export, normalised, plus whiteouts.
@@ -205,14 +228,7 @@ async fn config_bytes(
         .remove_image(&scratch, None::<RemoveImageOptions>, None)
         .await?;
     let committed = committed?;
-    let mut diff_ids: Vec<Value> = base
-        .root_fs
-        .as_ref()
-        .and_then(|r| r.layers.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(Value::from)
-        .collect();
+    let mut diff_ids: Vec<Value> = diff_ids_of(base).into_iter().map(Value::from).collect();
     diff_ids.push(diff_id.into());
     let created = chrono::DateTime::from_timestamp(epoch, 0)
         .unwrap_or_default()
@@ -308,6 +324,136 @@ async fn load(
         });
     }
     Ok(())
+}
+
+/// The OCI image layout directory (`oci-layout`, `index.json`, `blobs/sha256/`), with every
+/// layer uncompressed so that each layer's digest is its diff id.
+mod oci {
+    use std::io::Read;
+    use std::path::Path;
+
+    use bollard::Docker;
+    use futures_util::TryStreamExt;
+    use kiln_core::BoxError;
+    use serde_json::json;
+    use sha2::{Digest, Sha256};
+    use tokio_util::io::{StreamReader, SyncIoBridge};
+
+    use super::sorted;
+
+    const LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+
+    /// Writes the layout into a temp directory beside `dir`, then renames it to `dir`.
+    pub(super) async fn write(
+        docker: &Docker,
+        base_id: &str,
+        base_layers: &[String],
+        config: &[u8],
+        layer: &[u8],
+        dir: &Path,
+    ) -> Result<(), BoxError> {
+        if dir.exists() {
+            return Err("it exists already; remove it first".into());
+        }
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => std::path::PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent)?;
+        let temp = tempfile::Builder::new()
+            .prefix(".kiln-oci-")
+            .tempdir_in(&parent)?;
+        let blobs = temp.path().join("blobs/sha256");
+        std::fs::create_dir_all(&blobs)?;
+
+        // The base layers, from `docker save` of the base image: each `layer.tar` in it is
+        // stored under its own sha256, which is its diff id.
+        let stream = docker.export_image(base_id).map_err(std::io::Error::other);
+        let reader = StreamReader::new(stream);
+        let target = blobs.clone();
+        let saved = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(String, u64)>> {
+            let mut bridge = SyncIoBridge::new(Box::pin(reader));
+            let mut archive = tar::Archive::new(&mut bridge as &mut dyn Read);
+            let mut found = Vec::new();
+            for entry in archive.entries()? {
+                let mut entry = entry?;
+                let name = entry.path()?.to_string_lossy().into_owned();
+                if !(name.ends_with("/layer.tar") || name.starts_with("blobs/sha256/")) {
+                    continue;
+                }
+                let mut hash = Sha256::new();
+                let part = target.join(".part");
+                let mut out = std::fs::File::create(&part)?;
+                let mut buf = vec![0; 1 << 16];
+                let mut size = 0u64;
+                loop {
+                    let n = entry.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hash.update(&buf[..n]);
+                    std::io::Write::write_all(&mut out, &buf[..n])?;
+                    size += n as u64;
+                }
+                let digest = hex::encode(hash.finalize());
+                std::fs::rename(&part, target.join(&digest))?;
+                found.push((format!("sha256:{digest}"), size));
+            }
+            Ok(found)
+        })
+        .await
+        .expect("the save reader does not panic")?;
+
+        let mut layers = Vec::new();
+        for diff_id in base_layers {
+            let Some((_, size)) = saved.iter().find(|(d, _)| d == diff_id) else {
+                return Err(format!("the saved base image has no layer {diff_id}").into());
+            };
+            layers.push(json!({ "mediaType": LAYER, "digest": diff_id, "size": size }));
+        }
+        // Blobs of `docker save` that are not base layers (its config, manifests) go.
+        for (digest, _) in &saved {
+            if !base_layers.contains(digest) {
+                std::fs::remove_file(blobs.join(digest.trim_start_matches("sha256:")))?;
+            }
+        }
+        let put = |bytes: &[u8]| -> std::io::Result<(String, usize)> {
+            let digest = hex::encode(Sha256::digest(bytes));
+            std::fs::write(blobs.join(&digest), bytes)?;
+            Ok((format!("sha256:{digest}"), bytes.len()))
+        };
+        let (layer_digest, layer_size) = put(layer)?;
+        layers.push(json!({ "mediaType": LAYER, "digest": layer_digest, "size": layer_size }));
+        let (config_digest, config_size) = put(config)?;
+        let manifest = serde_json::to_vec(&sorted(json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": config_size,
+            },
+            "layers": layers,
+        })))?;
+        let (manifest_digest, manifest_size) = put(&manifest)?;
+        let index = sorted(json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest,
+                "size": manifest_size,
+            }],
+        }));
+        std::fs::write(temp.path().join("index.json"), serde_json::to_vec(&index)?)?;
+        std::fs::write(
+            temp.path().join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )?;
+        // The temp dir's own removal then finds nothing to remove.
+        std::fs::rename(temp.path(), dir)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -88,6 +88,9 @@ fn source_date_epoch_implies_reproducible_output() {
     let on = config(json!({ "image": "busybox", "commit": true, "reproducible": true }));
     assert_eq!(settings(&on, None).unwrap().source_date_epoch, Some(0));
     assert!(settings(&c, Some("yesterday".to_string())).is_err());
+    let oci = json!({ "image": "busybox", "commit": true, "oci_layout": "out/oci" });
+    assert!(error(oci.clone()).contains("`oci_layout` needs reproducible output"));
+    assert!(settings(&config(oci), Some("1".to_string())).is_ok());
 }
 
 #[test]

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use sha2::Digest;
+
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     CreateContainerOptions, LogsOptions, StartContainerOptions, WaitContainerOptions,
@@ -523,4 +525,65 @@ build {{
     let summary = run.await.unwrap();
     assert!(summary.cancelled || !summary.ok());
     assert_no_container_of(run_id);
+}
+
+#[tokio::test]
+async fn reproducible_output_can_also_be_an_oci_layout() {
+    if engine().is_none() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("oci");
+    let dir = template_dir(&format!(
+        r#"
+source "docker" "oci" {{
+  image        = "{base}"
+  commit       = true
+  reproducible = true
+  oci_layout   = "{layout}"
+}}
+build {{
+  sources = ["source.docker.oci"]
+  provisioner "shell" {{
+    inline = ["echo oci > /oci.txt"]
+  }}
+}}
+"#,
+        base = busybox_image(&[]),
+        layout = layout.display()
+    ));
+    let (summary, _, _) = build(dir.path(), &[], OnError::Cleanup).await;
+    let image = artifact_id(&summary);
+    let read_json = |path: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let blob = |digest: &serde_json::Value| {
+        let path = layout
+            .join("blobs/sha256")
+            .join(digest.as_str().unwrap().trim_start_matches("sha256:"));
+        let bytes = std::fs::read(&path).unwrap();
+        let actual = format!("sha256:{:x}", sha2::Sha256::digest(&bytes));
+        assert_eq!(&actual, digest.as_str().unwrap(), "{}", path.display());
+        bytes
+    };
+    let index = read_json(layout.join("index.json"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&blob(&index["manifests"][0]["digest"])).unwrap();
+    // The config blob is the image the engine has: same digest, same id.
+    assert_eq!(manifest["config"]["digest"], image.as_str());
+    let config: serde_json::Value =
+        serde_json::from_slice(&blob(&manifest["config"]["digest"])).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for (layer, diff_id) in layers
+        .iter()
+        .zip(config["rootfs"]["diff_ids"].as_array().unwrap())
+    {
+        assert_eq!(&layer["digest"], diff_id);
+        blob(&layer["digest"]);
+    }
+    assert!(std::fs::read_to_string(layout.join("oci-layout"))
+        .unwrap()
+        .contains("1.0.0"));
+    remove_image(&image);
 }
