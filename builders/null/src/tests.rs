@@ -6,29 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use kiln_comm::Communicator;
 use kiln_core::diag::{FileId, Span};
 use kiln_core::event::{EventSink, Redactor};
-use kiln_core::plan::ConfigAttr;
 use kiln_core::runner::{Cancel, OnError};
 use serde_json::{json, Value};
 
 use super::*;
 
 fn config(attrs: Value) -> Config {
-    let Value::Object(map) = attrs else {
-        panic!("attrs must be an object")
-    };
-    Config {
-        kind: TYPE_NAME.to_string(),
-        attrs: map
-            .into_iter()
-            .map(|(key, value)| ConfigAttr {
-                key,
-                value,
-                span: Span::new(FileId(0), 10, 20),
-            })
-            .collect(),
-        blocks: Vec::new(),
-        span: Span::new(FileId(0), 0, 30),
-    }
+    Config::from_json(TYPE_NAME, attrs)
 }
 
 fn configure_error(attrs: Value) -> Diagnostics {
@@ -52,7 +36,7 @@ fn other_communicators_are_rejected_naming_the_allowed_values() {
     let diag = &d.0[0];
     assert!(diag.message.contains("`winrm`"), "{diag:?}");
     assert_eq!(diag.label.as_deref(), Some("allowed values: `none`, `ssh`"));
-    assert_eq!(diag.span, Some(Span::new(FileId(0), 10, 20)));
+    assert_eq!(diag.span, Some(Span::new(FileId(0), 1, 2)));
     let d = configure_error(json!({ "communicator": 3 }));
     assert!(d.to_string().contains("`communicator`"), "{d}");
 }

@@ -9,6 +9,7 @@ pub mod component;
 pub mod diag;
 pub mod event;
 pub mod plan;
+pub mod process;
 pub mod runner;
 pub mod sensitive;
 pub mod template;

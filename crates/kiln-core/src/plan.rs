@@ -235,6 +235,30 @@ impl Config {
         })
     }
 
+    /// A configuration made from a JSON object rather than a template (tests, programmatic use).
+    /// Attribute `i` (in order) gets the span `i+1..i+2` of file 0, the body `100..101`, so that
+    /// tests can check which attribute an error points at.
+    pub fn from_json(kind: &str, attrs: serde_json::Value) -> Config {
+        let serde_json::Value::Object(map) = attrs else {
+            panic!("Config::from_json needs a JSON object")
+        };
+        let span = |n: usize| Span::new(crate::diag::FileId(0), n, n + 1);
+        Config {
+            kind: kind.to_string(),
+            attrs: map
+                .into_iter()
+                .enumerate()
+                .map(|(i, (key, value))| ConfigAttr {
+                    key,
+                    value,
+                    span: span(i + 1),
+                })
+                .collect(),
+            blocks: Vec::new(),
+            span: span(100),
+        }
+    }
+
     /// The configuration as a JSON object.
     pub fn to_json(&self) -> serde_json::Value {
         let mut map = serde_json::Map::new();

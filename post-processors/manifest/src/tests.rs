@@ -4,28 +4,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kiln_core::artifact::ArtifactFile;
-use kiln_core::diag::{FileId, Span};
 use kiln_core::event::{EventSink, Redactor};
-use kiln_core::plan::{Config, ConfigAttr};
+use kiln_core::plan::Config;
 use kiln_core::runner::{BuildCtx, Cancel, OnError};
 use serde_json::{json, Value};
 
 use super::*;
 
 fn config(attrs: Value) -> Config {
-    let Value::Object(map) = attrs else {
-        panic!("attrs must be an object")
-    };
-    let span = Span::new(FileId(0), 0, 1);
-    Config {
-        kind: TYPE_NAME.to_string(),
-        attrs: map
-            .into_iter()
-            .map(|(key, value)| ConfigAttr { key, value, span })
-            .collect(),
-        blocks: Vec::new(),
-        span,
-    }
+    Config::from_json(TYPE_NAME, attrs)
 }
 
 fn build_ctx(source_name: &str) -> BuildCtx {

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use kiln_core::diag::{FileId, Span};
 use kiln_core::event::{EventSink, Redactor};
-use kiln_core::plan::ConfigAttr;
 use kiln_core::runner::{Cancel, OnError};
 use kiln_core::sensitive::Sensitive;
 use serde_json::{json, Value};
@@ -18,23 +17,7 @@ fn span(n: usize) -> Span {
 
 /// A `Config` with the attributes of `attrs`; attribute `i` has span `i + 1`, the block 100.
 fn config(attrs: Value) -> Config {
-    let Value::Object(map) = attrs else {
-        panic!("attrs must be an object")
-    };
-    Config {
-        kind: TYPE_NAME.to_string(),
-        attrs: map
-            .into_iter()
-            .enumerate()
-            .map(|(i, (key, value))| ConfigAttr {
-                key,
-                value,
-                span: span(i + 1),
-            })
-            .collect(),
-        blocks: Vec::new(),
-        span: span(100),
-    }
+    Config::from_json(TYPE_NAME, attrs)
 }
 
 /// A playbook file that exists (its content does not matter here).

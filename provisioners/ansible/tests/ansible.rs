@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use kiln_comm::ssh::{SshCommunicator, SshConfig};
 use kiln_comm::{Communicator, ExitStatus, RemoteCommand};
 use kiln_core::component::{ConnInfo, ProvisionCtx, Registry};
-use kiln_core::diag::{FileId, Span};
 use kiln_core::event::{Event, EventKind, EventSink, Redactor};
-use kiln_core::plan::{Config, ConfigAttr};
+use kiln_core::plan::Config;
 use kiln_core::runner::{BuildCtx, Cancel, OnError};
 use kiln_core::sensitive::Sensitive;
 use kiln_testkit::Sshd;
@@ -91,19 +90,7 @@ fn build_ctx() -> (BuildCtx, UnboundedReceiver<Event>) {
 }
 
 fn config(attrs: Value) -> Config {
-    let Value::Object(map) = attrs else {
-        panic!("attrs must be an object")
-    };
-    let span = Span::new(FileId(0), 0, 1);
-    Config {
-        kind: "ansible".to_string(),
-        attrs: map
-            .into_iter()
-            .map(|(key, value)| ConfigAttr { key, value, span })
-            .collect(),
-        blocks: Vec::new(),
-        span,
-    }
+    Config::from_json("ansible", attrs)
 }
 
 fn provisioner(attrs: Value) -> Box<dyn kiln_core::component::Provisioner> {

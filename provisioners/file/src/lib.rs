@@ -338,8 +338,7 @@ impl Provisioner for File {
 
 #[cfg(test)]
 mod tests {
-    use kiln_core::diag::{FileId, Span};
-    use kiln_core::plan::ConfigAttr;
+
     use serde_json::json;
 
     use super::*;
@@ -347,22 +346,7 @@ mod tests {
     const KIND: FileKind = FileKind;
 
     fn config(attrs: serde_json::Value) -> Config {
-        let serde_json::Value::Object(map) = attrs else {
-            panic!("attrs must be an object")
-        };
-        Config {
-            kind: TYPE_NAME.to_string(),
-            attrs: map
-                .into_iter()
-                .map(|(key, value)| ConfigAttr {
-                    key,
-                    value,
-                    span: Span::new(FileId(0), 10, 20),
-                })
-                .collect(),
-            blocks: Vec::new(),
-            span: Span::new(FileId(0), 0, 30),
-        }
+        Config::from_json(TYPE_NAME, attrs)
     }
 
     fn errors(attrs: serde_json::Value) -> String {

@@ -9,9 +9,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use kiln_core::event::{Level, OutputStream};
+use kiln_core::event::Level;
+use kiln_core::process::{stream_output, GroupGuard};
 use kiln_core::runner::BuildCtx;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::config::{Settings, Work};
@@ -170,29 +170,6 @@ fn render_arg(arg: &str, vars: &str, script: &Path) -> String {
     out
 }
 
-/// Kills the process group when dropped, unless disarmed: the last resort when the future
-/// running the script is dropped (e.g. by a timeout) instead of seeing the cancellation.
-struct GroupGuard {
-    pgid: Option<i32>,
-}
-
-impl GroupGuard {
-    fn signal(&self, signal: i32) {
-        if let Some(pgid) = self.pgid {
-            // SAFETY: killpg has no memory-safety preconditions; ESRCH (group gone) is fine.
-            unsafe {
-                libc::killpg(pgid, signal);
-            }
-        }
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        self.signal(libc::SIGKILL);
-    }
-}
-
 async fn run_script(
     settings: &Settings,
     ctx: &BuildCtx,
@@ -224,15 +201,13 @@ async fn run_script(
         what: what.to_string(),
         source,
     })?;
-    let mut guard = GroupGuard {
-        pgid: child.id().map(|pid| pid as i32),
-    };
+    let mut guard = GroupGuard::new(child.id());
 
-    let stdout = child.stdout.take().map(BufReader::new);
-    let stderr = child.stderr.take().map(BufReader::new);
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
     let cancel = &ctx.cancel;
     tokio::select! {
-        streamed = stream_output(ctx, stdout, stderr) => {
+        streamed = stream_output(&ctx.events, TYPE_NAME, stdout, stderr) => {
             streamed.map_err(|source| ShellLocalError::Output { what: what.to_string(), source })?;
         }
         _ = cancel.cancel.cancelled() => {
@@ -252,7 +227,7 @@ async fn run_script(
         source,
     })?;
     // The script is done; what it left running in the background is its own business.
-    guard.pgid = None;
+    guard.disarm();
 
     match (status.code(), status.signal()) {
         (Some(code), _) if settings.valid_exit_codes.contains(&code) => Ok(()),
@@ -279,56 +254,4 @@ async fn stop_group(child: &mut Child, guard: &GroupGuard, ctx: &BuildCtx) {
     }
     guard.signal(libc::SIGKILL);
     let _ = child.wait().await;
-}
-
-/// Emits stdout and stderr lines as `Output` events as they arrive, until both streams close.
-async fn stream_output<O, E>(
-    ctx: &BuildCtx,
-    stdout: Option<BufReader<O>>,
-    stderr: Option<BufReader<E>>,
-) -> std::io::Result<()>
-where
-    O: AsyncRead + Unpin,
-    E: AsyncRead + Unpin,
-{
-    let (mut out, mut err) = (stdout, stderr);
-    let (mut out_buf, mut err_buf) = (Vec::new(), Vec::new());
-    while out.is_some() || err.is_some() {
-        tokio::select! {
-            read = read_line(&mut out, &mut out_buf), if out.is_some() => {
-                if !emit_line(ctx, OutputStream::Stdout, read?, &mut out_buf) {
-                    out = None;
-                }
-            }
-            read = read_line(&mut err, &mut err_buf), if err.is_some() => {
-                if !emit_line(ctx, OutputStream::Stderr, read?, &mut err_buf) {
-                    err = None;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn read_line<R: AsyncRead + Unpin>(
-    reader: &mut Option<BufReader<R>>,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<usize> {
-    match reader {
-        Some(r) => r.read_until(b'\n', buf).await,
-        None => Ok(0),
-    }
-}
-
-/// Emits what `buf` holds as one line; returns false at end of stream. `read_until` keeps
-/// partial reads in `buf` when its future is dropped, so no output is lost to `select!`.
-fn emit_line(ctx: &BuildCtx, stream: OutputStream, read: usize, buf: &mut Vec<u8>) -> bool {
-    if !buf.is_empty() {
-        let text = String::from_utf8_lossy(buf);
-        let line = text.strip_suffix('\n').unwrap_or(&text);
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        ctx.events.output(TYPE_NAME, stream, line);
-        buf.clear();
-    }
-    read > 0
 }

@@ -9,7 +9,7 @@ use kiln_core::artifact::Artifact;
 use kiln_core::component::{ConnInfo, ProvisionCtx, Registry};
 use kiln_core::diag::{FileId, Span};
 use kiln_core::event::{Event, EventKind, EventSink, OutputStream, Redactor};
-use kiln_core::plan::{Config, ConfigAttr};
+use kiln_core::plan::Config;
 use kiln_core::runner::{BuildCtx, Cancel, OnError};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -22,23 +22,7 @@ fn span(n: usize) -> Span {
 
 /// A `Config` with the attributes of the JSON object `attrs`; attribute `i` has span `i + 1`.
 fn config(attrs: Value) -> Config {
-    let Value::Object(map) = attrs else {
-        panic!("attrs must be an object")
-    };
-    Config {
-        kind: TYPE_NAME.to_string(),
-        attrs: map
-            .into_iter()
-            .enumerate()
-            .map(|(i, (key, value))| ConfigAttr {
-                key,
-                value,
-                span: span(i + 1),
-            })
-            .collect(),
-        blocks: Vec::new(),
-        span: span(100),
-    }
+    Config::from_json(TYPE_NAME, attrs)
 }
 
 fn build_ctx() -> (BuildCtx, UnboundedReceiver<Event>) {
