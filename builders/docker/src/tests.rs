@@ -3,29 +3,12 @@
 use std::path::PathBuf;
 
 use bollard::models::{ImageConfig, ImageInspect};
-use kiln_core::diag::{FileId, Span};
-use kiln_core::plan::ConfigAttr;
 use serde_json::{json, Value};
 
 use super::*;
 
 fn config(attrs: Value) -> Config {
-    let Value::Object(map) = attrs else {
-        panic!("attrs must be an object")
-    };
-    Config {
-        kind: TYPE_NAME.to_string(),
-        attrs: map
-            .into_iter()
-            .map(|(key, value)| ConfigAttr {
-                key,
-                value,
-                span: Span::new(FileId(0), 10, 20),
-            })
-            .collect(),
-        blocks: Vec::new(),
-        span: Span::new(FileId(0), 0, 30),
-    }
+    Config::from_json(TYPE_NAME, attrs)
 }
 
 fn error(attrs: Value) -> String {

@@ -2,29 +2,12 @@
 
 use std::path::PathBuf;
 
-use kiln_core::diag::{FileId, Span};
-use kiln_core::plan::ConfigAttr;
 use serde_json::json;
 
 use super::*;
 
 fn config(kind: &str, attrs: Value) -> Config {
-    let Value::Object(map) = attrs else {
-        panic!("attrs must be an object")
-    };
-    Config {
-        kind: kind.to_string(),
-        attrs: map
-            .into_iter()
-            .map(|(key, value)| ConfigAttr {
-                key,
-                value,
-                span: Span::new(FileId(0), 10, 20),
-            })
-            .collect(),
-        blocks: Vec::new(),
-        span: Span::new(FileId(0), 0, 30),
-    }
+    Config::from_json(kind, attrs)
 }
 
 #[test]
