@@ -11,7 +11,7 @@ packages=(
   # `kiln validate` benchmark.
   hyperfine
   # The docker builder's tests: an engine, a registry and base images made locally.
-  docker.io docker-registry busybox-static mmdebstrap
+  docker.io docker-registry busybox-static mmdebstrap curl
 )
 
 missing=()

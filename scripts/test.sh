@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Kiln's whole test suite: installs what the tests need, checks formatting, builds, and runs
-# every test (unit, template fixtures, CLI integration, the real-sshd suite). `.ci/run` calls this.
+# every test (unit, template fixtures, CLI integration, the real-sshd suite, the Docker engine
+# suite). `.ci/run` calls this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,9 @@ cargo fmt --all --check
 cargo build --workspace --all-targets --locked
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# One Docker engine for every test binary, stopped at the end (only if this script started it).
+trap 'bash scripts/dockerd.sh stop; rm -f "$log"' EXIT
+bash scripts/dockerd.sh start
 status=0
 # Tests that start daemons (sshd) each take their own port, so two threads are safe.
 cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log" || status=$?
