@@ -8,6 +8,9 @@ packages=(
   openssh-server openssh-client
   # `kiln validate` benchmark.
   hyperfine
+  # The qemu builder, its seed ISOs and the vm-tests base image (vm-tests/base-image.sh).
+  qemu-system-x86 qemu-utils genisoimage
+  mmdebstrap syslinux syslinux-common mtools dosfstools fdisk
 )
 
 missing=()

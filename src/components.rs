@@ -5,6 +5,7 @@ use kiln_core::component::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::default();
     null::register(&mut r);
+    qemu::register(&mut r);
     shell_local::register(&mut r);
     manifest::register(&mut r);
     r
