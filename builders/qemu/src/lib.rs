@@ -370,6 +370,7 @@ fn qemu_args(settings: &Settings, state: &State) -> Vec<String> {
         drive = drive.replace("if=virtio-scsi", "if=none,id=kiln-disk");
     }
     let mut groups = vec![
+        g(&["-nodefaults"]),
         g(&["-name", &state.vm_name]),
         g(&["-machine", &settings.machine_type]),
         g(&["-smp", &settings.cpus.to_string()]),

@@ -49,7 +49,7 @@ pub fn user_data(spec: &SeedSpec<'_>) -> String {
         )
     };
     format!(
-        "#cloud-config\n{user}ssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n  ed25519_private: |\n{private}  ed25519_public: {public}\n",
+        "#cloud-config\nmanage_etc_hosts: true\n{user}ssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n  ed25519_private: |\n{private}  ed25519_public: {public}\n",
         private = indent(spec.host_private_key),
         public = spec.host_public_key.trim(),
     )
@@ -107,7 +107,7 @@ mod tests {
             host_public_key: "ssh-ed25519 AAAAhost kiln",
         };
         let text = user_data(&spec);
-        assert!(text.starts_with("#cloud-config\n"));
+        assert!(text.starts_with("#cloud-config\nmanage_etc_hosts: true\n"));
         assert!(text.contains("  - name: \"kiln\"\n"), "{text}");
         assert!(
             text.contains("      - ssh-ed25519 AAAAclient kiln\n"),
