@@ -243,8 +243,23 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
     (!response.is_empty()).then_some(response)
 }
 
+/// Checks that the hello file is on the machine.
+struct HasHello;
+
+#[async_trait]
+impl ProvisionHook for HasHello {
+    async fn provision(
+        &self,
+        _: &BuildCtx,
+        _: &ConnInfo,
+        comm: &dyn Communicator,
+    ) -> Result<(), BuildError> {
+        sh(comm, "test -f /srv/hello/hello.txt").await
+    }
+}
+
 /// Boots `image` in a fresh VM (no seed, changes discarded) and fetches the hello file over HTTP.
-async fn boot_and_fetch(image: &Path) -> String {
+async fn boot_and_fetch(image: &Path, format: &str) -> String {
     let port = free_port();
     let mut qemu = tokio::process::Command::new("qemu-system-x86_64")
         .args([
@@ -258,7 +273,10 @@ async fn boot_and_fetch(image: &Path) -> String {
             "-snapshot",
         ])
         .arg("-drive")
-        .arg(format!("file={},if=virtio", image.display()))
+        .arg(format!(
+            "file={},if=virtio,format={format}",
+            image.display()
+        ))
         .args(["-netdev"])
         .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:8080"))
         .args(["-device", "virtio-net,netdev=n0", "-serial", "null"])
@@ -371,8 +389,38 @@ async fn qemu_builds_under_tcg() {
     assert_eq!(runtime_dirs(), dirs_before, "runtime directory left");
 
     let started = Instant::now();
-    let response = boot_and_fetch(&file.path).await;
+    let response = boot_and_fetch(&file.path, "qcow2").await;
     eprintln!("booting the built image took {:?}", started.elapsed());
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert!(response.ends_with(HELLO), "{response}");
+
+    // On top of the hello image (checked by its digest): a qcow2 overlay and a raw image boot too.
+    let hello = file.path.display().to_string();
+    let on_hello = json!({ "iso_url": hello, "iso_checksum": format!("sha256:{}", file.sha256) });
+    for (name, extra, format) in [
+        ("overlay", json!({ "use_backing_file": true }), "qcow2"),
+        ("raw", json!({ "format": "raw" }), "raw"),
+    ] {
+        let mut extra = extra;
+        extra
+            .as_object_mut()
+            .unwrap()
+            .extend(on_hello.as_object().unwrap().clone());
+        let artifact = run(attrs(name, extra), name, &HasHello)
+            .await
+            .unwrap_or_else(|e| panic!("{name} build failed: {}", chain(&e)));
+        let path = &artifact.files[0].path;
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(path)
+            .output()
+            .unwrap();
+        let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(info["format"], format, "{info}");
+        if name == "overlay" {
+            assert_eq!(info["backing-filename"], hello.as_str(), "{info}");
+        }
+        let response = boot_and_fetch(path, format).await;
+        assert!(response.ends_with(HELLO), "{name}: {response}");
+    }
 }
