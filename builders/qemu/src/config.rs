@@ -46,7 +46,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     opt("vm_name", "string", "VM name and output file name (default `kiln-SOURCE_NAME`)."),
     opt("output_directory", "string", "Where the image is written (default `output-SOURCE_NAME`); must not exist unless `-force`."),
     opt("headless", "bool", "No display window (default `true`; Kiln never opens one)."),
-    opt("communicator", "string", "`ssh` (default) or `none`."),
+    opt("communicator", "string", "`ssh` (default), `qga` (the QEMU guest agent over virtio-serial) or `none`."),
     opt("cloud_init", "bool", "Attach a NoCloud seed that creates `ssh_username` with the build's key and installs a host key Kiln generated (default `true`)."),
     opt("shutdown_command", "string", "Command that powers the machine off; ACPI power-down through QMP when unset."),
     opt("shutdown_timeout", "duration", "How long to wait for the machine to power off (default `5m`)."),
@@ -202,6 +202,8 @@ pub struct Settings {
     /// `None`: use `output-SOURCE_NAME`.
     pub output_directory: Option<PathBuf>,
     pub ssh: Option<SshConfig>,
+    /// `communicator = "qga"`.
+    pub guest_agent: bool,
     pub cloud_init: bool,
     pub shutdown_command: Option<String>,
     pub shutdown_timeout: Duration,
@@ -320,7 +322,7 @@ pub fn settings(config: &Config) -> Result<Settings, Diagnostics> {
         &mut errors,
         "communicator",
         &opts.communicator,
-        &["ssh", "none"],
+        &["ssh", "qga", "none"],
     );
     one_of(
         config,
@@ -407,6 +409,7 @@ pub fn settings(config: &Config) -> Result<Settings, Diagnostics> {
         vm_name: opts.vm_name,
         output_directory: opts.output_directory.map(PathBuf::from),
         ssh,
+        guest_agent: opts.communicator == "qga",
         cloud_init: opts.cloud_init,
         shutdown_command: opts.shutdown_command,
         shutdown_timeout,

@@ -20,10 +20,12 @@ use kiln_core::plan::Config;
 use kiln_core::runner::{run_steps, BuildCtx, BuildError, CleanupCtx, Leftover, Step};
 use kiln_core::sensitive::Sensitive;
 use kiln_core::BoxError;
+use qga::QgaCommunicator;
 
 mod checksum;
 mod config;
 mod disk;
+mod qga;
 mod seed;
 mod vm;
 
@@ -83,7 +85,7 @@ struct State {
     ssh_port: u16,
     pid: Option<i32>,
     vm: Option<Vm>,
-    comm: Option<SshCommunicator>,
+    comm: Option<Box<dyn Communicator>>,
     conn: ConnInfo,
     partial: Option<PathBuf>,
     output: Option<ArtifactFile>,
@@ -433,6 +435,7 @@ impl Step<State> for Launch<'_> {
             console_log: state
                 .output_dir
                 .join(format!("{}-console.log", state.vm_name)),
+            guest_agent: self.0.guest_agent,
         };
         ctx.events.message(
             Level::Info,
@@ -454,12 +457,12 @@ impl Step<State> for Launch<'_> {
     }
 
     async fn cleanup(&self, state: &mut State, _: &CleanupCtx<'_>) -> Result<(), BoxError> {
-        state.comm = None;
         match (&state.vm, state.pid) {
             (Some(vm), _) => vm.stop(QUIT_GRACE).await,
             (None, Some(pid)) => vm::kill_group(pid),
             (None, None) => {}
         }
+        state.comm = None;
         Ok(())
     }
 
@@ -495,6 +498,9 @@ impl Step<State> for WaitReady<'_> {
     }
 
     async fn run(&self, state: &mut State, ctx: &BuildCtx) -> Result<(), BoxError> {
+        if self.0.guest_agent {
+            return wait_for_agent(self.0, state, ctx).await;
+        }
         let Some(base) = &self.0.ssh else {
             return Ok(());
         };
@@ -531,9 +537,39 @@ impl Step<State> for WaitReady<'_> {
                 .map(|k| Sensitive::new(k.private_key_pem())),
             http_addr: None,
         };
-        state.comm = Some(comm);
+        state.comm = Some(Box::new(comm));
         Ok(())
     }
+}
+
+/// Waits for the guest's agent to open its port (QMP `VSERPORT_CHANGE`), then connects.
+async fn wait_for_agent(
+    settings: &Settings,
+    state: &mut State,
+    ctx: &BuildCtx,
+) -> Result<(), BoxError> {
+    ctx.events.waiting("the guest agent", None);
+    let vm = state.vm();
+    let watch_kvm = settings.accelerator == Accelerator::Auto && state.accelerator == "kvm";
+    let mut open = vm.agent_open.clone();
+    tokio::select! {
+        r = open.wait_for(|open| *open) => { r?; }
+        status = vm.wait_exit() => {
+            return Err(QemuError::ExitedEarly(vm.exit_error(status)).into())
+        }
+        _ = stalled(vm, watch_kvm) => return Err(QemuError::KvmStall.into()),
+    }
+    let socket = vm
+        .take_agent_socket()
+        .expect("the agent socket is taken once");
+    let comm = QgaCommunicator::connect(socket).await?;
+    state.conn = ConnInfo {
+        id: Some(state.vm_name.clone()),
+        conn_type: "qga".into(),
+        ..ConnInfo::default()
+    };
+    state.comm = Some(Box::new(comm));
+    Ok(())
 }
 
 /// Resolves when `watch` is set and the console has been silent for [`KVM_STALL_LIMIT`].
@@ -565,7 +601,7 @@ impl Step<State> for Provision<'_> {
 
     async fn run(&self, state: &mut State, ctx: &BuildCtx) -> Result<(), BoxError> {
         match &state.comm {
-            Some(comm) => self.hook.provision(ctx, &state.conn, comm).await?,
+            Some(comm) => self.hook.provision(ctx, &state.conn, comm.as_ref()).await?,
             None => {
                 let none = kiln_comm::NoneCommunicator;
                 let conn = ConnInfo {
@@ -608,17 +644,17 @@ impl Step<State> for Shutdown<'_> {
             }
             _ => state.vm().powerdown().await?,
         }
-        state.comm = None;
         ctx.events
             .waiting("the guest to power off", Some(self.0.shutdown_timeout));
+        // The communicator stays connected until QEMU is gone: a guest agent whose client
+        // disconnects spins and slows the power-off down.
         let vm = state.vm();
-        if tokio::time::timeout(self.0.shutdown_timeout, vm.wait_exit())
-            .await
-            .is_err()
-        {
+        let powered_off = tokio::time::timeout(self.0.shutdown_timeout, vm.wait_exit()).await;
+        if powered_off.is_err() {
             vm.stop(QUIT_GRACE).await;
-            return Err(QemuError::ShutdownTimeout(self.0.shutdown_timeout).into());
         }
+        state.comm = None;
+        powered_off.map_err(|_| QemuError::ShutdownTimeout(self.0.shutdown_timeout))?;
         Ok(())
     }
 }

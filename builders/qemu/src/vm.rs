@@ -64,6 +64,9 @@ fn tail_text(lines: &[String]) -> String {
     }
 }
 
+/// The id of the guest agent's virtio-serial port, named in QMP `VSERPORT_CHANGE` events.
+const AGENT_PORT_ID: &str = "kiln-qga-port";
+
 /// What the launcher needs.
 pub struct LaunchSpec {
     pub program: String,
@@ -73,6 +76,8 @@ pub struct LaunchSpec {
     pub runtime_dir: PathBuf,
     /// Where the serial console is copied.
     pub console_log: PathBuf,
+    /// Attach a guest-agent port (for the `qga` communicator).
+    pub guest_agent: bool,
 }
 
 /// A running VM.
@@ -84,6 +89,10 @@ pub struct Vm {
     /// When the serial console last printed something.
     pub console_activity: watch::Receiver<Instant>,
     pub qmp_socket: PathBuf,
+    /// The guest agent's socket, until the communicator takes it.
+    agent_socket: Mutex<Option<UnixStream>>,
+    /// Whether the guest's agent has its port open (QMP `VSERPORT_CHANGE`).
+    pub agent_open: watch::Receiver<bool>,
 }
 
 /// Lines from the serial console, for debug events.
@@ -106,6 +115,12 @@ impl Vm {
         };
         let qmp_listener = listen(&qmp_socket)?;
         let console_listener = listen(&console_socket)?;
+        let agent_socket = spec.runtime_dir.join("qga.sock");
+        let agent_listener = if spec.guest_agent {
+            Some(listen(&agent_socket)?)
+        } else {
+            None
+        };
 
         let mut command = Command::new(&spec.program);
         command
@@ -121,7 +136,17 @@ impl Vm {
                 console_socket.display()
             ))
             .arg("-serial")
-            .arg("chardev:kiln-console")
+            .arg("chardev:kiln-console");
+        if spec.guest_agent {
+            command
+                .arg("-chardev")
+                .arg(format!("socket,id=kiln-qga,path={}", agent_socket.display()))
+                .args(["-device", "virtio-serial,id=kiln-vser", "-device"])
+                .arg(format!(
+                    "virtserialport,bus=kiln-vser.0,chardev=kiln-qga,name=org.qemu.guest_agent.0,id={AGENT_PORT_ID}"
+                ));
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -175,9 +200,13 @@ impl Vm {
             // QEMU opens its character devices in command-line order.
             let qmp = accept(qmp_listener, "QMP").await?;
             let console = accept(console_listener, "console").await?;
-            Ok::<_, VmError>((qmp, console))
+            let agent = match agent_listener {
+                Some(listener) => Some(accept(listener, "guest agent").await?),
+                None => None,
+            };
+            Ok::<_, VmError>((qmp, console, agent))
         };
-        let (qmp_stream, console) = tokio::select! {
+        let (qmp_stream, console, agent) = tokio::select! {
             r = connect => r?,
             status = wait_exit(&mut vm_exit) => return Err(exited(&stderr, status)),
         };
@@ -208,7 +237,16 @@ impl Vm {
             })?;
         let (qmp, mut events) = stream.into_parts();
         // The event stream also carries command responses: keep polling it for the VM's life.
-        tokio::spawn(async move { while let Some(Ok(_event)) = events.next().await {} });
+        let (agent_tx, agent_open) = watch::channel(false);
+        tokio::spawn(async move {
+            while let Some(Ok(event)) = events.next().await {
+                if let qmp::Event::VSERPORT_CHANGE { data, .. } = event {
+                    if data.id == AGENT_PORT_ID {
+                        let _ = agent_tx.send(data.open);
+                    }
+                }
+            }
+        });
 
         let vm = Vm {
             pid,
@@ -217,6 +255,8 @@ impl Vm {
             stderr,
             console_activity,
             qmp_socket,
+            agent_socket: Mutex::new(agent),
+            agent_open,
         };
         vm.execute("cont", qmp::cont {}).await?;
         Ok((vm, console_lines))
@@ -234,6 +274,11 @@ impl Vm {
             },
             qapi::ExecuteError::Io(source) => VmError::Qmp { what: name, source },
         })
+    }
+
+    /// The guest agent's connection, once: the agent must keep one client for the VM's life.
+    pub fn take_agent_socket(&self) -> Option<UnixStream> {
+        self.agent_socket.lock().unwrap().take()
     }
 
     /// Asks the guest to power off (ACPI).

@@ -61,11 +61,24 @@ fn config(attrs: Value) -> Config {
     }
 }
 
-/// A build context whose events are echoed to stderr (shown when a test fails).
-fn build_ctx(name: &str) -> BuildCtx {
+/// VM tests take turns: the machine has two cores.
+static VM_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn vm_tests_enabled() -> bool {
+    let on = std::env::var("KILN_VM_TESTS").as_deref() == Ok("1");
+    if !on {
+        eprintln!("skipped: set KILN_VM_TESTS=1 to boot VMs (vm-tests)");
+    }
+    on
+}
+
+/// A build context whose events are echoed to stderr (shown when a test fails) and handed to
+/// `on_event`.
+fn build_ctx_with(name: &str, on_event: impl Fn(&EventKind) + Send + 'static) -> BuildCtx {
     let (sink, mut rx) = EventSink::channel(uuid::Uuid::new_v4(), Redactor::default());
     tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
+            on_event(&event.kind);
             match event.kind {
                 EventKind::Message { text, .. } if text.starts_with("console: ") => {}
                 kind => eprintln!("event: {kind:?}"),
@@ -86,9 +99,21 @@ fn build_ctx(name: &str) -> BuildCtx {
     }
 }
 
+fn build_ctx(name: &str) -> BuildCtx {
+    build_ctx_with(name, |_| {})
+}
+
 async fn run(
     attrs: Value,
     name: &str,
+    hook: &dyn ProvisionHook,
+) -> Result<kiln_core::artifact::Artifact, BuildError> {
+    run_in(attrs, &build_ctx(name), hook).await
+}
+
+async fn run_in(
+    attrs: Value,
+    ctx: &BuildCtx,
     hook: &dyn ProvisionHook,
 ) -> Result<kiln_core::artifact::Artifact, BuildError> {
     let mut registry = Registry::default();
@@ -96,7 +121,7 @@ async fn run(
     let builder = registry.builders["qemu"]
         .configure(&config(attrs))
         .expect("valid config");
-    builder.run(&build_ctx(name), hook).await
+    builder.run(ctx, hook).await
 }
 
 fn chain(err: &BuildError) -> String {
@@ -137,7 +162,7 @@ impl ProvisionHook for InstallHello {
         conn: &ConnInfo,
         comm: &dyn Communicator,
     ) -> Result<(), BuildError> {
-        assert_eq!(conn.conn_type, "ssh");
+        assert_eq!(conn.conn_type, comm.kind());
         let upload = |bytes: &str, dest: &'static str| {
             let src = UploadSource::Bytes(bytes.as_bytes().to_vec());
             async move {
@@ -304,30 +329,94 @@ async fn boot_and_fetch(image: &Path, format: &str) -> String {
     response
 }
 
+/// A build's options on the base disk, its output under `work/NAME`.
+fn attrs(base: &Path, work: &Path, name: &str, extra: Value) -> Value {
+    let mut v = json!({
+        "disk_image": true,
+        "iso_url": base.display().to_string(),
+        "iso_checksum": "none",
+        "ssh_username": "kiln",
+        "ssh_timeout": "10m",
+        "vm_name": format!("{name}.qcow2"),
+        "output_directory": work.join(name).display().to_string(),
+    });
+    v.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    v
+}
+
+/// The same provisioning through the guest agent instead of SSH.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qemu_builds_under_tcg() {
-    if std::env::var("KILN_VM_TESTS").as_deref() != Ok("1") {
-        eprintln!("skipped: set KILN_VM_TESTS=1 to boot VMs (vm-tests)");
+async fn qga_provisions_the_hello_image() {
+    if !vm_tests_enabled() {
         return;
     }
+    let _turn = VM_LOCK.lock().await;
     std::env::set_var(qemu::ACCELERATOR_ENV, "tcg");
     let base = base_image();
     let work = tempfile::tempdir().unwrap();
-    let attrs = |name: &str, extra: Value| {
-        let mut v = json!({
-            "disk_image": true,
-            "iso_url": base.display().to_string(),
-            "iso_checksum": "none",
-            "ssh_username": "kiln",
-            "ssh_timeout": "10m",
-            "vm_name": format!("{name}.qcow2"),
-            "output_directory": work.path().join(name).display().to_string(),
-        });
-        v.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        v
-    };
+    let started = Instant::now();
+    let artifact = run(
+        attrs(&base, work.path(), "qga", json!({ "communicator": "qga" })),
+        "qga",
+        &InstallHello,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("build failed: {}", chain(&e)));
+    eprintln!("qga build took {:?}", started.elapsed());
+    let response = boot_and_fetch(&artifact.files[0].path, "qcow2").await;
+    assert!(response.ends_with(HELLO), "{response}");
+}
+
+/// An interrupt while the guest boots stops QEMU and removes everything the build made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_build_leaves_nothing() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let _turn = VM_LOCK.lock().await;
+    std::env::set_var(qemu::ACCELERATOR_ENV, "tcg");
+    let base = base_image();
+    let work = tempfile::tempdir().unwrap();
+    let dirs_before = runtime_dirs();
+    let cancel = Cancel::new();
+    let on_wait = cancel.clone();
+    let mut ctx = build_ctx_with("interrupted", move |kind| {
+        if matches!(kind, EventKind::StepStarted { step } if step == "wait for ssh") {
+            on_wait.cancel.cancel();
+        }
+    });
+    ctx.cancel = cancel;
+    let err = run_in(
+        attrs(&base, work.path(), "interrupted", json!({})),
+        &ctx,
+        &Unreachable,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_cancelled(), "{}", chain(&err));
+    assert!(
+        qemu_processes("interrupted.qcow2").is_empty(),
+        "QEMU left running"
+    );
+    assert!(
+        !work.path().join("interrupted").exists(),
+        "output directory left"
+    );
+    assert_eq!(runtime_dirs(), dirs_before, "runtime directory left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_builds_under_tcg() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let _turn = VM_LOCK.lock().await;
+    std::env::set_var(qemu::ACCELERATOR_ENV, "tcg");
+    let base = base_image();
+    let work = tempfile::tempdir().unwrap();
+    let attrs = |name: &str, extra: Value| attrs(&base, work.path(), name, extra);
     let dirs_before = runtime_dirs();
 
     // A wrong checksum is refused before anything boots.
