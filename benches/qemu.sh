@@ -28,7 +28,7 @@ for line in open(sys.argv[2]):
     if e.get("type") == "step_finished":
         steps[e["step"]] = e["duration_ms"]
 phases = [
-    ("launch -> ready", steps.get("launch vm", 0) + steps.get("wait for ssh", 0)),
+    ("launch -> ready", steps.get("launch vm", 0) + steps.get("wait for ssh", 0) + steps.get("wait for guest agent", 0)),
     ("provisioning", steps.get("provision", 0)),
     ("shutdown", steps.get("shut down", 0)),
     ("convert + hash", steps.get("convert disk", 0)),

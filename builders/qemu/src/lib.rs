@@ -488,13 +488,18 @@ impl Step<State> for Launch<'_> {
     }
 }
 
-/// Waits for an SSH login (banner, host key, authentication), racing QEMU's exit.
+/// Waits for an SSH login (banner, host key, authentication) or the guest agent, racing QEMU's
+/// exit.
 struct WaitReady<'a>(&'a Settings);
 
 #[async_trait]
 impl Step<State> for WaitReady<'_> {
     fn name(&self) -> &str {
-        "wait for ssh"
+        if self.0.guest_agent {
+            "wait for guest agent"
+        } else {
+            "wait for ssh"
+        }
     }
 
     async fn run(&self, state: &mut State, ctx: &BuildCtx) -> Result<(), BoxError> {
