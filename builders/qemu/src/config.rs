@@ -41,7 +41,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     opt("net_device", "string", "QEMU NIC model (default `virtio-net`)."),
     opt("disk_interface", "string", "QEMU drive interface (default `virtio`)."),
     opt("disk_cache", "string", "QEMU drive cache mode (default `writeback`)."),
-    opt("disk_discard", "string", "`ignore` (default) or `unmap`."),
+    opt("disk_discard", "string", "`ignore` (default) or `unmap` (the guest may discard blocks; Kiln runs `fstrim -a` before shutdown)."),
     opt("disk_detect_zeroes", "string", "`off` (default), `on` or `unmap`."),
     opt("vm_name", "string", "VM name and output file name (default `kiln-SOURCE_NAME`)."),
     opt("output_directory", "string", "Where the image is written (default `output-SOURCE_NAME`); must not exist unless `-force`."),

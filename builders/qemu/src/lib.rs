@@ -631,6 +631,9 @@ impl Step<State> for Shutdown<'_> {
     }
 
     async fn run(&self, state: &mut State, ctx: &BuildCtx) -> Result<(), BoxError> {
+        if let (Some(comm), "unmap") = (&state.comm, self.0.disk_discard.as_str()) {
+            trim(comm.as_ref(), ctx).await;
+        }
         match (&self.0.shutdown_command, &state.comm) {
             (Some(command), Some(comm)) => {
                 let cmd = RemoteCommand {
@@ -661,6 +664,30 @@ impl Step<State> for Shutdown<'_> {
         state.comm = None;
         powered_off.map_err(|_| QemuError::ShutdownTimeout(self.0.shutdown_timeout))?;
         Ok(())
+    }
+}
+
+/// Trims the guest's free space so the convert leaves it out (`disk_discard = "unmap"`); a
+/// failure only warns: the image is still correct, just larger.
+async fn trim(comm: &dyn Communicator, ctx: &BuildCtx) {
+    let cmd = RemoteCommand {
+        command: "fstrim -a 2>/dev/null || sudo -n fstrim -a".into(),
+        ..RemoteCommand::default()
+    };
+    let mut out = |_: kiln_comm::Stream, _: &str| {};
+    match comm.exec(&cmd, &mut out).await {
+        Ok(status) if status.success() => {}
+        Ok(status) => ctx.events.message(
+            Level::Warn,
+            format!("`fstrim -a` ended with {status:?}; free space was not trimmed"),
+        ),
+        Err(e) => ctx.events.message(
+            Level::Warn,
+            format!(
+                "cannot trim free space: {}",
+                kiln_core::runner::error_chain(&e).join(": ")
+            ),
+        ),
     }
 }
 
