@@ -39,6 +39,12 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot create the console log `{}`", path.display())]
+    ConsoleLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("QEMU exited ({status}){}", tail_text(.stderr))]
     Exited { status: String, stderr: Vec<String> },
     #[error("QEMU did not connect its {what} socket within {CONNECT_LIMIT:?}")]
@@ -215,7 +221,7 @@ impl Vm {
         let (activity_tx, console_activity) = watch::channel(Instant::now());
         let log = tokio::fs::File::create(&spec.console_log)
             .await
-            .map_err(|source| VmError::Listen {
+            .map_err(|source| VmError::ConsoleLog {
                 path: spec.console_log.clone(),
                 source,
             })?;

@@ -411,6 +411,36 @@ impl ProvisionHook for HasNoHello {
     }
 }
 
+/// QEMU refusing its arguments fails `launch vm` quoting QEMU's own message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_errors_are_quoted() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let _turn = VM_LOCK.lock().await;
+    std::env::set_var(qemu::ACCELERATOR_ENV, "tcg");
+    let base = base_image();
+    let work = tempfile::tempdir().unwrap();
+    let extra = json!({ "qemuargs": [["-no-such-flag"]] });
+    let err = run(
+        attrs(&base, work.path(), "badargs", extra),
+        "badargs",
+        &Unreachable,
+    )
+    .await
+    .unwrap_err();
+    let text = chain(&err);
+    assert!(
+        text.contains("launch vm") && text.contains("QEMU exited"),
+        "{text}"
+    );
+    assert!(text.contains("-no-such-flag"), "{text}");
+    assert!(
+        !work.path().join("badargs").exists(),
+        "output directory left"
+    );
+}
+
 /// An interrupt while the guest boots stops QEMU and removes everything the build made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_build_leaves_nothing() {
