@@ -80,6 +80,8 @@ struct State {
     work_disk: PathBuf,
     seed: Option<PathBuf>,
     client_key: Option<SshKey>,
+    /// The client key, written in the runtime directory so `-on-error=abort` can say how to log in.
+    key_file: Option<PathBuf>,
     host_key: Option<SshKey>,
     accelerator: &'static str,
     ssh_port: u16,
@@ -328,11 +330,27 @@ impl Step<State> for CloudInitSeed<'_> {
             host_public_key: &host.authorized_keys_line(),
         };
         seed::make_iso(&spec, state.runtime_dir(), &iso).await?;
+        state.key_file = Some(write_private_key(state.runtime_dir(), &private)?);
         state.seed = Some(iso);
         state.client_key = Some(client);
         state.host_key = Some(host);
         Ok(())
     }
+}
+
+/// Writes `pem` as `dir/id_ed25519`, readable by its owner only.
+fn write_private_key(dir: &Path, pem: &str) -> Result<PathBuf, QemuError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("id_ed25519");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(pem.as_bytes()))
+        .map_err(fs_err("write", &path))?;
+    Ok(path)
 }
 
 /// Chooses the accelerator `auto` stands for: KVM when `/dev/kvm` can be opened.
@@ -481,9 +499,17 @@ impl Step<State> for Launch<'_> {
             .as_ref()
             .map(|vm| format!("; QMP socket {}", vm.qmp_socket.display()))
             .unwrap_or_default();
+        let key = state
+            .key_file
+            .as_ref()
+            .map(|k| format!(" -i {}", k.display()))
+            .unwrap_or_default();
         vec![Leftover {
             what: format!("QEMU process group {pid}"),
-            how_to_reach: Some(format!("ssh -p {} {user}@127.0.0.1{qmp}", state.ssh_port)),
+            how_to_reach: Some(format!(
+                "ssh{key} -p {} {user}@127.0.0.1{qmp}",
+                state.ssh_port
+            )),
         }]
     }
 }

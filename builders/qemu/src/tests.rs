@@ -144,3 +144,26 @@ fn every_option_is_documented() {
         );
     }
 }
+
+#[test]
+fn abandoned_vms_say_how_to_reach_them() {
+    let s = config::settings(&config(minimal())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_private_key(dir.path(), "PEM").unwrap();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let state = State {
+        pid: Some(4242),
+        ssh_port: 2222,
+        key_file: Some(key.clone()),
+        ..State::default()
+    };
+    let leftovers = Launch(&s).leftovers(&state);
+    assert_eq!(leftovers[0].what, "QEMU process group 4242");
+    assert_eq!(
+        leftovers[0].how_to_reach.as_deref(),
+        Some(format!("ssh -i {} -p 2222 kiln@127.0.0.1", key.display()).as_str())
+    );
+    assert!(Launch(&s).leftovers(&State::default()).is_empty());
+}
