@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   # The SSH communicator's tests run a real OpenSSH server on loopback.
   openssh-server openssh-client
+  # The ansible provisioner runs the host's ansible-playbook.
+  ansible-core
   # `kiln validate` benchmark.
   hyperfine
   # The qemu builder, its seed ISOs and the vm-tests base image (vm-tests/base-image.sh).

@@ -7,6 +7,10 @@ pub fn registry() -> Registry {
     null::register(&mut r);
     qemu::register(&mut r);
     shell_local::register(&mut r);
+    shell::register(&mut r);
+    file::register(&mut r);
+    breakpoint::register(&mut r);
     manifest::register(&mut r);
+    ansible::register(&mut r);
     r
 }

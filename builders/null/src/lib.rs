@@ -1,15 +1,18 @@
-//! The `null` builder: no machine at all. It hands provisioners a communicator and produces an
-//! empty artifact, so that `shell-local` provisioners and post-processors can run on their own.
+//! The `null` builder: no machine of its own. It hands provisioners a communicator (`none`, or
+//! `ssh` to an existing host) and produces an empty artifact.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kiln_comm::NoneCommunicator;
+use kiln_comm::ssh::{HostKeyTrust, SshCommunicator, SshConfig};
+use kiln_comm::{Communicator, NoneCommunicator};
 use kiln_core::artifact::Artifact;
 use kiln_core::component::{Builder, BuilderKind, ConnInfo, OptionSpec, ProvisionHook, Registry};
 use kiln_core::diag::{Diagnostic, Diagnostics};
+use kiln_core::event::Level;
 use kiln_core::plan::Config;
-use kiln_core::runner::{run_steps, BuildCtx, BuildError, Step};
+use kiln_core::runner::{run_steps, BuildCtx, BuildError, CleanupCtx, Step};
+use kiln_core::sensitive::Sensitive;
 use serde::Deserialize;
 
 /// The type name in templates.
@@ -19,31 +22,97 @@ pub const TYPE_NAME: &str = "null";
 pub const ARTIFACT_ID: &str = "Null";
 
 /// Communicators the null builder accepts.
-const COMMUNICATORS: &[&str] = &["none"];
+const COMMUNICATORS: &[&str] = &["none", "ssh"];
 
 /// Adds the `null` builder.
 pub fn register(registry: &mut Registry) {
     registry.add_builder(Arc::new(NullKind));
 }
 
-const OPTIONS: &[OptionSpec] = &[OptionSpec {
-    name: "communicator",
-    ty: "string",
-    required: false,
-    doc: "How provisioners reach the machine; only `none` for now.",
-}];
+macro_rules! opt {
+    ($name:literal, $ty:literal, $doc:literal) => {
+        OptionSpec {
+            name: $name,
+            ty: $ty,
+            required: false,
+            doc: $doc,
+        }
+    };
+}
+
+const OPTIONS: &[OptionSpec] = &[
+    opt!(
+        "communicator",
+        "string",
+        "How provisioners reach the machine: `none` or `ssh`."
+    ),
+    opt!("ssh_host", "string", "Address of the existing machine."),
+    opt!("ssh_port", "number", "Port of the machine's SSH server."),
+    opt!("ssh_username", "string", "User to log in as."),
+    opt!("ssh_password", "string", "Password for `ssh_username`."),
+    opt!(
+        "ssh_private_key_file",
+        "string",
+        "Private key file for `ssh_username`."
+    ),
+    opt!("ssh_pty", "bool", "Run commands in a pseudo-terminal."),
+    opt!(
+        "ssh_timeout",
+        "duration",
+        "How long to wait for an SSH login."
+    ),
+    opt!(
+        "ssh_keep_alive_interval",
+        "duration",
+        "Interval of keep-alive messages; `0` disables them."
+    ),
+    opt!(
+        "ssh_host_key_fingerprint",
+        "string",
+        "Expected host key fingerprint (`SHA256:...`)."
+    ),
+    opt!(
+        "ssh_bastion_host",
+        "string",
+        "Jump host to reach the machine through."
+    ),
+    opt!(
+        "ssh_bastion_port",
+        "number",
+        "Port of the jump host's SSH server."
+    ),
+    opt!("ssh_bastion_username", "string", "User on the jump host."),
+    opt!(
+        "ssh_bastion_password",
+        "string",
+        "Password on the jump host."
+    ),
+    opt!(
+        "ssh_bastion_private_key_file",
+        "string",
+        "Private key file for the jump host."
+    ),
+    opt!(
+        "ssh_handshake_attempts",
+        "number",
+        "How many rejected logins to tolerate."
+    ),
+];
 
 /// The options as written (see `docs/builders/null.md`).
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 struct Options {
     communicator: String,
+    #[serde(flatten)]
+    ssh: SshConfig,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             communicator: "none".to_string(),
+            ssh: SshConfig::default(),
         }
     }
 }
@@ -67,45 +136,147 @@ impl BuilderKind for NullKind {
                 .map(|c| format!("`{c}`"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let mut d = Diagnostic::error(format!(
+            let d = Diagnostic::error(format!(
                 "the null builder does not support the `{}` communicator",
                 opts.communicator
             ))
             .at(config.span_of("communicator"))
             .with_label(format!("allowed values: {allowed}"));
-            if opts.communicator == "ssh" {
-                d = d.with_help("the SSH communicator is not available in Kiln yet; use `none`");
-            }
             return Err(d.into());
         }
-        Ok(Box::new(NullBuilder))
+        if opts.communicator == "none" {
+            return Ok(Box::new(NullBuilder { ssh: None }));
+        }
+        let mut diags = Diagnostics::new();
+        for (key, set) in [
+            ("ssh_host", opts.ssh.ssh_host.is_some()),
+            ("ssh_username", opts.ssh.ssh_username.is_some()),
+        ] {
+            if !set {
+                diags.push(
+                    Diagnostic::error(format!("`{key}` is required with `communicator = \"ssh\"`"))
+                        .at(config.span_of("communicator")),
+                );
+            }
+        }
+        if let Some(path) = &opts.ssh.ssh_private_key_file {
+            if !path.is_file() {
+                diags.push(
+                    Diagnostic::error(format!(
+                        "the private key file `{}` does not exist",
+                        path.display()
+                    ))
+                    .at(config.span_of("ssh_private_key_file")),
+                );
+            }
+        }
+        if diags.has_errors() {
+            return Err(diags);
+        }
+        Ok(Box::new(NullBuilder {
+            ssh: Some(opts.ssh),
+        }))
     }
 }
 
-struct NullBuilder;
+struct NullBuilder {
+    /// The SSH settings, when `communicator = "ssh"`.
+    ssh: Option<SshConfig>,
+}
 
 /// What the null builder's steps share.
 #[derive(Default)]
 struct NullState {
-    comm: Option<NoneCommunicator>,
+    comm: Option<Box<dyn Communicator>>,
     conn: ConnInfo,
 }
 
-/// Sets up the communicator (for now always `none`).
-struct Connect;
+/// Why the `connect` step failed.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("cannot connect over SSH")]
+    Ssh(#[from] kiln_comm::ssh::ConnectError),
+    #[error("cannot read the private key file `{}`", path.display())]
+    ReadKey {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Sets up the communicator: `none`, or an SSH session to the configured host.
+struct Connect<'a> {
+    ssh: Option<&'a SshConfig>,
+}
 
 #[async_trait]
-impl Step<NullState> for Connect {
+impl Step<NullState> for Connect<'_> {
     fn name(&self) -> &str {
         "connect"
     }
 
-    async fn run(&self, state: &mut NullState, _: &BuildCtx) -> Result<(), kiln_core::BoxError> {
+    async fn run(&self, state: &mut NullState, ctx: &BuildCtx) -> Result<(), kiln_core::BoxError> {
+        let Some(ssh) = self.ssh else {
+            state.conn = ConnInfo {
+                conn_type: "none".to_string(),
+                ..ConnInfo::default()
+            };
+            state.comm = Some(Box::new(NoneCommunicator));
+            return Ok(());
+        };
+        let host = ssh.ssh_host.clone().unwrap_or_default();
+        let private_key = match &ssh.ssh_private_key_file {
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| ConnectError::ReadKey {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        ctx.events.waiting(
+            format!("waiting for SSH on {host}:{}", ssh.ssh_port),
+            Some(ssh.ssh_timeout),
+        );
+        let comm = SshCommunicator::connect(ssh)
+            .await
+            .map_err(ConnectError::from)?;
+        let key = comm.host_key();
+        if key.trust == HostKeyTrust::FirstUse {
+            ctx.events.message(
+                Level::Info,
+                format!(
+                    "trusting the host key of {host}:{} on first use: {} \
+                     (pin it with `ssh_host_key_fingerprint`)",
+                    ssh.ssh_port, key.fingerprint
+                ),
+            );
+        }
         state.conn = ConnInfo {
-            conn_type: "none".to_string(),
+            conn_type: "ssh".to_string(),
+            host: Some(host),
+            port: Some(ssh.ssh_port),
+            user: ssh.ssh_username.clone(),
+            password: ssh
+                .ssh_password
+                .as_ref()
+                .map(|p| Sensitive::new(p.expose().to_string())),
+            ssh_private_key: private_key.map(Sensitive::new),
             ..ConnInfo::default()
         };
-        state.comm = Some(NoneCommunicator);
+        state.comm = Some(Box::new(comm));
+        Ok(())
+    }
+
+    async fn cleanup(
+        &self,
+        state: &mut NullState,
+        _: &CleanupCtx<'_>,
+    ) -> Result<(), kiln_core::BoxError> {
+        // Dropping the communicator closes its session.
+        state.comm = None;
         Ok(())
     }
 }
@@ -126,7 +297,7 @@ impl Step<NullState> for Provision<'_> {
             .comm
             .as_ref()
             .expect("the connect step runs before provision");
-        self.hook.provision(ctx, &state.conn, comm).await?;
+        self.hook.provision(ctx, &state.conn, comm.as_ref()).await?;
         Ok(())
     }
 }
@@ -135,7 +306,10 @@ impl Step<NullState> for Provision<'_> {
 impl Builder for NullBuilder {
     async fn run(&self, ctx: &BuildCtx, hook: &dyn ProvisionHook) -> Result<Artifact, BuildError> {
         let mut state = NullState::default();
-        run_steps(&[&Connect, &Provision { hook }], &mut state, ctx).await?;
+        let connect = Connect {
+            ssh: self.ssh.as_ref(),
+        };
+        run_steps(&[&connect, &Provision { hook }], &mut state, ctx).await?;
         Ok(Artifact {
             builder_type: TYPE_NAME.to_string(),
             id: ARTIFACT_ID.to_string(),

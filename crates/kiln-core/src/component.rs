@@ -6,6 +6,7 @@
 //! option is documented.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -42,6 +43,12 @@ pub struct ConnInfo {
     pub password: Option<Sensitive<String>>,
     pub ssh_public_key: Option<String>,
     pub ssh_private_key: Option<Sensitive<String>>,
+    /// A file holding the private key, when the key came from a file (`ssh_private_key_file`);
+    /// tools that need a key file use it instead of writing `ssh_private_key` to a temp file.
+    pub ssh_private_key_file: Option<PathBuf>,
+    /// The machine's verified SSH host public key, OpenSSH `TYPE BASE64` form (as in
+    /// `known_hosts`), for tools that connect on their own (e.g. `ansible`).
+    pub ssh_host_key: Option<String>,
     /// `build.PackerHTTPAddr`, when the builder serves files to the guest.
     pub http_addr: Option<String>,
 }

@@ -1,0 +1,882 @@
+//! The `shell`, `file` and `breakpoint` provisioners run through real templates, planned and run
+//! by the runner with the `null` builder's SSH communicator against a throwaway OpenSSH server.
+//!
+//! The server runs on this machine, so a "remote" path is also a local one: tests check the
+//! provisioners' work by reading files directly.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kiln_core::component::Registry;
+use kiln_core::event::{Event, EventKind, EventSink, OutputStream, Redactor};
+use kiln_core::runner::{run_plan, RunOptions, RunSummary};
+use kiln_core::template::{self, LoadOptions};
+use kiln_testkit::Sshd;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+fn registry() -> Registry {
+    let mut registry = Registry::default();
+    null::register(&mut registry);
+    shell::register(&mut registry);
+    file::register(&mut registry);
+    breakpoint::register(&mut registry);
+    registry
+}
+
+/// A `null` source named `name` that logs in to `sshd` as root with a pinned host key.
+fn source(sshd: &Sshd, name: &str, fingerprint: &str) -> String {
+    format!(
+        r#"
+source "null" "{name}" {{
+  communicator             = "ssh"
+  ssh_host                 = "127.0.0.1"
+  ssh_port                 = {port}
+  ssh_username             = "root"
+  ssh_private_key_file     = "{key}"
+  ssh_host_key_fingerprint = "{fingerprint}"
+  ssh_timeout              = "30s"
+}}
+"#,
+        port = sshd.port(),
+        key = sshd.client_key().display(),
+    )
+}
+
+/// A test host: its sshd and a work directory (the same on both sides).
+struct Host {
+    sshd: Sshd,
+    work: tempfile::TempDir,
+}
+
+impl Host {
+    fn start() -> Option<Host> {
+        Some(Host {
+            sshd: Sshd::start()?,
+            work: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.work.path().join(rel)
+    }
+
+    /// `{{W}}` in `body` stands for the work directory.
+    fn template(&self, body: &str) -> PathBuf {
+        let fingerprint = self.sshd.host_key_fingerprint();
+        self.template_with(&source(&self.sshd, "host", &fingerprint), "host", body)
+    }
+
+    fn template_with(&self, sources: &str, names: &str, body: &str) -> PathBuf {
+        let dir = self.path("template");
+        std::fs::create_dir_all(&dir).unwrap();
+        let list = names
+            .split(',')
+            .map(|n| format!("\"source.null.{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let body = body.replace("{{W}}", &self.work.path().display().to_string());
+        let text = format!("{sources}\nbuild {{\n  sources = [{list}]\n{body}\n}}\n");
+        std::fs::write(dir.join("build.pkr.hcl"), text).unwrap();
+        dir
+    }
+}
+
+/// Plans the template in `dir`; panics with the diagnostics when it is invalid.
+fn plan(dir: &Path) -> (template::Loaded, kiln_core::plan::BuildPlan, Registry) {
+    let opts = LoadOptions {
+        path: dir.to_path_buf(),
+        var_args: Vec::new(),
+        env: Vec::new(),
+    };
+    let registry = registry();
+    let loaded = template::load(&opts);
+    let (plan, diags) = template::plan(&loaded, &opts, &registry);
+    let plan = plan.unwrap_or_else(|| panic!("the template is invalid:\n{diags}"));
+    assert!(!diags.has_errors(), "{diags}");
+    (loaded, plan, registry)
+}
+
+fn drain(rx: &mut UnboundedReceiver<Event>) -> Vec<EventKind> {
+    let mut out = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        out.push(event.kind);
+    }
+    out
+}
+
+async fn run(dir: &Path) -> (RunSummary, Vec<EventKind>) {
+    let (_loaded, plan, registry) = plan(dir);
+    let (sink, mut rx) = EventSink::channel(uuid::Uuid::new_v4(), Redactor::default());
+    let summary = run_plan(&plan, &registry, RunOptions::default(), sink).await;
+    (summary, drain(&mut rx))
+}
+
+/// The standard output lines of `shell` (stderr also carries whatever root's login profile
+/// says on this machine).
+fn outputs(events: &[EventKind]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EventKind::Output {
+                source,
+                stream,
+                line,
+            } => {
+                assert_eq!(source, "shell");
+                (*stream == OutputStream::Stdout).then(|| line.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn messages(events: &[EventKind]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EventKind::Message { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn error(summary: &RunSummary) -> String {
+    assert!(!summary.ok(), "the build should have failed");
+    summary.builds[0].error.join(": ")
+}
+
+fn assert_ok(summary: &RunSummary, events: &[EventKind]) {
+    assert!(summary.ok(), "{:?}\n{events:#?}", summary.builds[0].error);
+}
+
+#[tokio::test]
+async fn inline_and_script_commands_run_and_are_removed() {
+    let Some(host) = Host::start() else { return };
+    std::fs::write(
+        host.path("step.sh"),
+        "#!/bin/sh\r\necho \"script ran as $(id -un) for $PACKER_BUILDER_TYPE\"\r\n",
+    )
+    .unwrap();
+    std::fs::create_dir(host.path("scripts")).unwrap();
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    inline        = ["echo hello from inline", "touch {{W}}/inline-done"]
+    remote_folder = "{{W}}/scripts"
+  }
+  provisioner "shell" {
+    script      = "{{W}}/step.sh"
+    remote_path = "{{W}}/scripts/kept.sh"
+    skip_clean  = true
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    let lines = outputs(&events);
+    assert!(
+        lines.contains(&"hello from inline".to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"script ran as root for null".to_string()),
+        "{lines:?}"
+    );
+    assert!(host.path("inline-done").exists());
+    let left: Vec<_> = std::fs::read_dir(host.path("scripts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        left,
+        ["kept.sh"],
+        "the inline script is removed, `skip_clean` keeps the other"
+    );
+    assert!(events.iter().any(
+        |e| matches!(e, EventKind::Waiting { what, timeout_ms: Some(30_000) }
+        if what == &format!("waiting for SSH on 127.0.0.1:{}", host.sshd.port()))
+    ));
+}
+
+#[tokio::test]
+async fn environment_vars_and_env_reach_the_script() {
+    let Some(host) = Host::start() else { return };
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    environment_vars = ["A=one two", "B=it's", "C=x=y"]
+    env              = { B = "env wins" }
+    inline           = ["echo \"$A|$B|$C|$PACKER_BUILD_NAME\""]
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    assert_eq!(outputs(&events), ["one two|env wins|x=y|host"]);
+}
+
+#[tokio::test]
+async fn a_failing_command_names_the_provisioner_command_and_exit_code() {
+    let Some(host) = Host::start() else { return };
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    inline           = ["exit 3"]
+    valid_exit_codes = [0, 3]
+  }
+  provisioner "shell" {
+    inline = ["echo failing; exit 4"]
+  }
+  provisioner "shell" {
+    inline = ["touch {{W}}/never"]
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    let error = error(&summary);
+    assert!(error.contains("provisioner 2 (shell) at "), "{error}");
+    assert!(error.contains("build.pkr.hcl:"), "{error}");
+    assert!(error.contains("inline commands (`chmod +x"), "{error}");
+    assert!(error.contains("exited with code 4, expected 0"), "{error}");
+    assert!(outputs(&events).contains(&"failing".to_string()));
+    assert!(!host.path("never").exists());
+}
+
+#[tokio::test]
+async fn a_wrong_pinned_host_key_is_refused() {
+    let Some(host) = Host::start() else { return };
+    let wrong = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let dir = host.template_with(
+        &source(&host.sshd, "host", wrong),
+        "host",
+        r#"
+  provisioner "shell" {
+    inline = ["touch {{W}}/never"]
+  }
+"#,
+    );
+    let (summary, _) = run(&dir).await;
+    let error = error(&summary);
+    assert!(error.contains("cannot connect over SSH"), "{error}");
+    assert!(
+        error.contains(&format!(
+            "is {}, expected {wrong}",
+            host.sshd.host_key_fingerprint()
+        )),
+        "{error}"
+    );
+    assert!(!host.path("never").exists());
+}
+
+/// Runs the template in `dir` on a multi-threaded runtime while this thread, which owns the sshd
+/// fixture, calls `on_line` for every output line (to stop or restart the server mid-build).
+fn run_watching(
+    dir: &Path,
+    sshd: &mut Sshd,
+    on_line: impl Fn(&str, &mut Sshd),
+) -> (RunSummary, Vec<EventKind>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_loaded, plan, registry) = plan(dir);
+    let (sink, mut rx) = EventSink::channel(uuid::Uuid::new_v4(), Redactor::default());
+    let task =
+        runtime.spawn(async move { run_plan(&plan, &registry, RunOptions::default(), sink).await });
+    let mut events = Vec::new();
+    while let Some(event) = rx.blocking_recv() {
+        if let EventKind::Output { line, .. } = &event.kind {
+            on_line(line, sshd);
+        }
+        let done = matches!(event.kind, EventKind::RunFinished { .. });
+        events.push(event.kind);
+        if done {
+            break;
+        }
+    }
+    (runtime.block_on(task).unwrap(), events)
+}
+
+/// A provisioner that says "going down" and then waits to lose its connection.
+const GOING_DOWN: &str = r#"
+  provisioner "shell" {
+    inline            = ["echo going down", "sleep 60"]
+    expect_disconnect = true
+  }
+"#;
+
+#[test]
+fn expect_disconnect_survives_an_sshd_restart_then_shell_reconnects() {
+    let Some(mut host) = Host::start() else {
+        return;
+    };
+    let body = GOING_DOWN.to_string()
+        + r#"
+  provisioner "shell" {
+    inline = ["echo back again"]
+  }
+"#;
+    let dir = host.template(&body);
+    let (summary, events) = run_watching(&dir, &mut host.sshd, |line, sshd| {
+        if line == "going down" {
+            sshd.restart();
+        }
+    });
+    assert_ok(&summary, &events);
+    // The killed shell may report its end on stderr before the connection drops.
+    let lines = outputs(&events);
+    assert_eq!(lines[0], "going down");
+    assert!(lines.contains(&"back again".to_string()), "{lines:?}");
+    assert!(messages(&events).iter().any(|m| m.contains("as expected")));
+}
+
+#[test]
+fn expect_disconnect_survives_an_sshd_restart_then_file_reconnects() {
+    let Some(mut host) = Host::start() else {
+        return;
+    };
+    let body = GOING_DOWN.to_string()
+        + r#"
+  provisioner "file" {
+    content     = "after the restart"
+    destination = "{{W}}/after"
+  }
+  provisioner "shell" {
+    inline = ["cat {{W}}/after"]
+  }
+"#;
+    let dir = host.template(&body);
+    let (summary, events) = run_watching(&dir, &mut host.sshd, |line, sshd| {
+        if line == "going down" {
+            sshd.restart();
+        }
+    });
+    assert_ok(&summary, &events);
+    let lines = outputs(&events);
+    assert_eq!(lines[0], "going down");
+    assert!(
+        lines.contains(&"after the restart".to_string()),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn start_retry_timeout_bounds_waiting_for_a_machine_that_stays_down() {
+    let Some(host) = Host::start() else { return };
+    // The script kills the listening sshd (from its pid file), then its own session.
+    let pid_file = host.sshd.client_key().with_file_name("sshd.pid");
+    let body = format!(
+        r#"
+  provisioner "shell" {{
+    inline            = ["kill -9 $(cat {})", "kill -9 $PPID", "sleep 60"]
+    expect_disconnect = true
+  }}
+  provisioner "shell" {{
+    start_retry_timeout = "2s"
+    inline              = ["touch {{{{W}}}}/never"]
+  }}
+"#,
+        pid_file.display()
+    );
+    let dir = host.template(&body);
+    let start = Instant::now();
+    let (summary, _) = run(&dir).await;
+    let error = error(&summary);
+    assert!(error.contains("provisioner 2 (shell)"), "{error}");
+    assert!(
+        error.contains("still unreachable after `start_retry_timeout` (2s)"),
+        "{error}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "ssh_timeout is 30s"
+    );
+    assert!(!host.path("never").exists());
+}
+
+#[tokio::test]
+async fn execute_command_and_inline_shebang_are_used() {
+    let Some(host) = Host::start() else { return };
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    environment_vars = ["A=x y"]
+    execute_command  = "echo custom {{.Vars}}; /bin/sh {{.Path}}"
+    inline           = ["echo \"$A\""]
+  }
+  provisioner "shell" {
+    inline_shebang = "/bin/bash"
+    inline         = ["echo $${BASH_VERSION:+bash}"]
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    assert_eq!(
+        outputs(&events),
+        [
+            "custom PACKER_BUILD_NAME=host PACKER_BUILDER_TYPE=null A=x y",
+            "",
+            "bash"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn first_use_host_key_and_build_variables() {
+    let Some(host) = Host::start() else { return };
+    let sources = format!(
+        r#"
+source "null" "host" {{
+  communicator         = "ssh"
+  ssh_host             = "127.0.0.1"
+  ssh_port             = {}
+  ssh_username         = "root"
+  ssh_private_key_file = "{}"
+}}
+"#,
+        host.sshd.port(),
+        host.sshd.client_key().display()
+    );
+    let dir = host.template_with(
+        &sources,
+        "host",
+        r#"
+  provisioner "shell" {
+    inline = [
+      "echo '${build.ConnType} ${build.Host}:${build.Port} ${build.User}'",
+      "echo '${build.SSHPrivateKey}' | grep -c PRIVATE",
+    ]
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    let port = host.sshd.port();
+    let lines = outputs(&events);
+    assert_eq!(lines[0], format!("ssh 127.0.0.1:{port} root"));
+    assert_eq!(
+        lines[1], "2",
+        "the key (BEGIN and END lines) reached the script"
+    );
+    let key = std::fs::read_to_string(host.sshd.client_key()).unwrap();
+    let key_line = key.lines().nth(1).unwrap();
+    assert!(
+        !format!("{events:?}").contains(key_line),
+        "the private key leaked into an event"
+    );
+    let fingerprint = host.sshd.host_key_fingerprint();
+    assert!(
+        messages(&events)
+            .iter()
+            .any(|m| m.contains("on first use") && m.contains(&fingerprint)),
+        "{:?}",
+        messages(&events)
+    );
+}
+
+#[tokio::test]
+async fn an_unexpected_disconnect_fails() {
+    let Some(host) = Host::start() else { return };
+    // Kills the sshd session process that runs the script, dropping the connection.
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    inline = ["kill -9 $PPID; sleep 5"]
+  }
+"#,
+    );
+    let (summary, _) = run(&dir).await;
+    let error = error(&summary);
+    assert!(error.contains("the connection was lost"), "{error}");
+    assert!(error.contains("expect_disconnect"), "{error}");
+}
+
+/// Writes 1,000 small files of different contents under `root`, in nested directories.
+fn make_tree(root: &Path) {
+    for i in 0..1000 {
+        let dir = root
+            .join(format!("d{}", i % 10))
+            .join(format!("e{}", i % 7));
+        std::fs::create_dir_all(&dir).unwrap();
+        let content: Vec<u8> = (0..(i % 300)).map(|j| (i * 31 + j) as u8).collect();
+        std::fs::write(dir.join(format!("f{i}.bin")), content).unwrap();
+    }
+}
+
+/// Every file under `root`, by relative path, with its bytes.
+fn read_tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().to_path_buf();
+                out.push((rel, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_tree_of_1000_files_goes_up_and_comes_back_byte_for_byte() {
+    let Some(host) = Host::start() else { return };
+    make_tree(&host.path("tree"));
+    let dir = host.template(
+        r#"
+  provisioner "file" {
+    source      = "{{W}}/tree/"
+    destination = "{{W}}/remote/contents"
+  }
+  provisioner "file" {
+    source      = "{{W}}/tree"
+    destination = "{{W}}/remote/itself"
+  }
+  provisioner "file" {
+    direction   = "download"
+    source      = "{{W}}/remote/contents/"
+    destination = "{{W}}/back"
+  }
+  provisioner "file" {
+    direction   = "download"
+    source      = "{{W}}/remote/contents/d0/e3/f10.bin"
+    destination = "{{W}}/single/"
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    let original = read_tree(&host.path("tree"));
+    assert_eq!(original.len(), 1000);
+    assert!(
+        read_tree(&host.path("remote/contents")) == original,
+        "`dir/` uploads the contents"
+    );
+    assert!(
+        read_tree(&host.path("remote/itself/tree")) == original,
+        "`dir` uploads the directory"
+    );
+    assert!(
+        read_tree(&host.path("back")) == original,
+        "the download differs"
+    );
+    assert_eq!(
+        std::fs::read(host.path("single/f10.bin")).unwrap(),
+        std::fs::read(host.path("tree/d0/e3/f10.bin")).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn content_and_single_files_are_uploaded() {
+    let Some(host) = Host::start() else { return };
+    std::fs::write(host.path("one.txt"), "one\n").unwrap();
+    std::fs::write(host.path("two.txt"), "two\n").unwrap();
+    std::fs::create_dir_all(host.path("remote/many")).unwrap();
+    let dir = host.template(
+        r#"
+  provisioner "file" {
+    content     = "hello ${source.name}\n"
+    destination = "{{W}}/remote/content.txt"
+  }
+  provisioner "file" {
+    source      = "{{W}}/one.txt"
+    destination = "{{W}}/remote/"
+  }
+  provisioner "file" {
+    sources     = ["{{W}}/one.txt", "{{W}}/two.txt"]
+    destination = "{{W}}/remote/many"
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    let read = |p: &str| std::fs::read_to_string(host.path(p)).unwrap();
+    assert_eq!(read("remote/content.txt"), "hello host\n");
+    assert_eq!(read("remote/one.txt"), "one\n");
+    assert_eq!(read("remote/many/one.txt"), "one\n");
+    assert_eq!(read("remote/many/two.txt"), "two\n");
+}
+
+#[test]
+fn a_missing_upload_source_is_reported_when_planning() {
+    let Some(host) = Host::start() else { return };
+    let dir = host.template(
+        r#"
+  provisioner "file" {
+    source      = "{{W}}/missing.txt"
+    destination = "{{W}}/remote/"
+  }
+"#,
+    );
+    let opts = LoadOptions {
+        path: dir,
+        var_args: Vec::new(),
+        env: Vec::new(),
+    };
+    let loaded = template::load(&opts);
+    let (plan, diags) = template::plan(&loaded, &opts, &registry());
+    assert!(plan.is_none());
+    let text = diags.to_string();
+    assert!(text.contains("missing.txt` does not exist"), "{text}");
+}
+
+#[tokio::test]
+async fn breakpoint_is_skipped_without_a_terminal() {
+    let Some(host) = Host::start() else { return };
+    // Whatever the test runner was given, stdin is no terminal from here on.
+    let null = std::fs::File::open("/dev/null").unwrap();
+    // SAFETY: dup2 on descriptors this process owns; no other test reads stdin.
+    assert!(unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0) } == 0);
+    let dir = host.template(
+        r#"
+  provisioner "breakpoint" {
+    note = "look around"
+  }
+  provisioner "breakpoint" {
+    disable = true
+  }
+  provisioner "shell" {
+    inline = ["echo after the breakpoint"]
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    let messages = messages(&events);
+    assert!(
+        messages
+            .contains(&"skipping breakpoint: look around (stdin is not a terminal)".to_string()),
+        "{messages:?}"
+    );
+    assert!(
+        messages.contains(&"breakpoint disabled".to_string()),
+        "{messages:?}"
+    );
+    assert_eq!(outputs(&events), ["after the breakpoint"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Meta-arguments, handled by the runner, with these provisioners
+// ---------------------------------------------------------------------------------------------
+
+/// Two sources, `a` and `b`, on the same host.
+fn two_sources(host: &Host, body: &str) -> PathBuf {
+    let fingerprint = host.sshd.host_key_fingerprint();
+    let sources = source(&host.sshd, "a", &fingerprint) + &source(&host.sshd, "b", &fingerprint);
+    host.template_with(&sources, "a,b", body)
+}
+
+#[tokio::test]
+async fn only_limits_a_provisioner_to_named_sources() {
+    let Some(host) = Host::start() else { return };
+    let dir = two_sources(
+        &host,
+        r#"
+  provisioner "file" {
+    only        = ["null.a"]
+    content     = "x"
+    destination = "{{W}}/only-${source.name}"
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    assert!(host.path("only-a").exists());
+    assert!(!host.path("only-b").exists());
+}
+
+#[tokio::test]
+async fn except_skips_a_provisioner_for_named_sources() {
+    let Some(host) = Host::start() else { return };
+    let dir = two_sources(
+        &host,
+        r#"
+  provisioner "shell" {
+    except = ["null.a"]
+    inline = ["touch {{W}}/except-${source.name}"]
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    assert!(!host.path("except-a").exists());
+    assert!(host.path("except-b").exists());
+}
+
+#[tokio::test]
+async fn override_changes_options_per_source() {
+    let Some(host) = Host::start() else { return };
+    let dir = two_sources(
+        &host,
+        r#"
+  provisioner "shell" {
+    inline = ["echo default > {{W}}/override-${source.name}"]
+    override = {
+      "null.b" = {
+        inline = ["echo overridden > {{W}}/override-${source.name}"]
+      }
+    }
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    let read = |p: &str| std::fs::read_to_string(host.path(p)).unwrap();
+    assert_eq!(read("override-a"), "default\n");
+    assert_eq!(read("override-b"), "overridden\n");
+}
+
+#[tokio::test]
+async fn pause_before_waits_before_the_provisioner() {
+    let Some(host) = Host::start() else { return };
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    pause_before = "1s"
+    inline       = ["echo paused"]
+  }
+"#,
+    );
+    let start = Instant::now();
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    assert!(start.elapsed() >= Duration::from_secs(1));
+    assert!(messages(&events)
+        .iter()
+        .any(|m| m.starts_with("pausing 1s before provisioner 1 (shell)")));
+    assert_eq!(outputs(&events), ["paused"]);
+}
+
+#[tokio::test]
+async fn max_retries_runs_a_failing_provisioner_again() {
+    let Some(host) = Host::start() else { return };
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    max_retries = 2
+    inline      = ["echo try >> {{W}}/tries", "test $(wc -l < {{W}}/tries) -ge 2"]
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    assert_eq!(
+        std::fs::read_to_string(host.path("tries")).unwrap(),
+        "try\ntry\n"
+    );
+    assert!(messages(&events)
+        .iter()
+        .any(|m| m.contains("(attempt 1 of 3)")));
+}
+
+#[tokio::test]
+async fn timeout_stops_a_provisioner_that_runs_too_long() {
+    let Some(host) = Host::start() else { return };
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    timeout = "1s"
+    inline  = ["sleep 30"]
+  }
+"#,
+    );
+    let start = Instant::now();
+    let (summary, _) = run(&dir).await;
+    let error = error(&summary);
+    assert!(error.contains("did not finish within 1s"), "{error}");
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test]
+async fn pause_after_waits_after_the_scripts() {
+    let Some(host) = Host::start() else { return };
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    pause_after = "1s"
+    inline      = ["echo before the pause"]
+  }
+"#,
+    );
+    let start = Instant::now();
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    assert!(start.elapsed() >= Duration::from_secs(1));
+    assert!(messages(&events).contains(&"pausing 1s after the shell scripts".to_string()));
+}
+
+#[tokio::test]
+async fn a_generated_source_is_checked_only_when_copied() {
+    let Some(host) = Host::start() else { return };
+    std::fs::create_dir(host.path("remote")).unwrap();
+    // The machine is this one, so a `shell` provisioner can make the local source.
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    inline = ["echo made during the build > {{W}}/generated.txt"]
+  }
+  provisioner "file" {
+    source      = "{{W}}/generated.txt"
+    destination = "{{W}}/remote/"
+    generated   = true
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    assert_eq!(
+        std::fs::read_to_string(host.path("remote/generated.txt")).unwrap(),
+        "made during the build\n"
+    );
+}
+
+/// How many established TCP connections go to `port` on loopback (IPv4), from `/proc/net/tcp`.
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields[2] == remote && fields[3] == "01"
+        })
+        .count()
+}
+
+#[test]
+fn the_ssh_connection_is_closed_after_the_build() {
+    let Some(mut host) = Host::start() else {
+        return;
+    };
+    let port = host.sshd.port();
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    inline = ["echo provisioning"]
+  }
+"#,
+    );
+    let during = std::cell::Cell::new(0);
+    let (summary, events) = run_watching(&dir, &mut host.sshd, |line, _| {
+        if line == "provisioning" {
+            during.set(connections_to(port));
+        }
+    });
+    assert_ok(&summary, &events);
+    assert_eq!(during.get(), 1, "one session while provisioning");
+    assert!(events.iter().any(
+        |e| matches!(e, EventKind::CleanupFinished { step, ok: true, .. } if step == "connect")
+    ));
+    // The session's task ends right after the communicator is dropped; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connections_to(port) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(connections_to(port), 0, "the connection outlived the build");
+}
