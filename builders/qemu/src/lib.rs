@@ -566,6 +566,17 @@ impl Step<State> for WaitReady<'_> {
                 .client_key
                 .as_ref()
                 .map(|k| Sensitive::new(k.private_key_pem())),
+            ssh_private_key_file: state
+                .key_file
+                .clone()
+                .or_else(|| ssh.ssh_private_key_file.clone()),
+            ssh_host_key: state.host_key.as_ref().map(|k| {
+                let line = k.authorized_keys_line();
+                line.split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }),
             http_addr: None,
         };
         state.comm = Some(Box::new(comm));
