@@ -230,6 +230,7 @@ fn qemu_processes(needle: &str) -> Vec<String> {
     found
 }
 
+/// Runtime directories of qemu builds (any build on the machine: compare with a snapshot).
 fn runtime_dirs() -> Vec<PathBuf> {
     std::fs::read_dir(std::env::temp_dir())
         .unwrap()
@@ -239,6 +240,14 @@ fn runtime_dirs() -> Vec<PathBuf> {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("kiln-qemu-"))
         })
+        .collect()
+}
+
+/// Runtime directories that appeared since `before` (another build's may vanish meanwhile).
+fn new_runtime_dirs(before: &[PathBuf]) -> Vec<PathBuf> {
+    runtime_dirs()
+        .into_iter()
+        .filter(|d| !before.contains(d))
         .collect()
 }
 
@@ -476,7 +485,11 @@ async fn an_interrupted_build_leaves_nothing() {
         !work.path().join("interrupted").exists(),
         "output directory left"
     );
-    assert_eq!(runtime_dirs(), dirs_before, "runtime directory left");
+    assert_eq!(
+        new_runtime_dirs(&dirs_before),
+        Vec::<PathBuf>::new(),
+        "runtime directory left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,7 +536,11 @@ async fn qemu_builds_under_tcg() {
         "QEMU left running"
     );
     assert!(!work.path().join("fails").exists(), "output directory left");
-    assert_eq!(runtime_dirs(), dirs_before, "runtime directory left");
+    assert_eq!(
+        new_runtime_dirs(&dirs_before),
+        Vec::<PathBuf>::new(),
+        "runtime directory left"
+    );
 
     // The hello image: built, then booted in a fresh VM that serves the file over HTTP.
     let started = Instant::now();
@@ -547,7 +564,11 @@ async fn qemu_builds_under_tcg() {
         qemu_processes("hello.qcow2").is_empty(),
         "QEMU left running"
     );
-    assert_eq!(runtime_dirs(), dirs_before, "runtime directory left");
+    assert_eq!(
+        new_runtime_dirs(&dirs_before),
+        Vec::<PathBuf>::new(),
+        "runtime directory left"
+    );
 
     let started = Instant::now();
     let response = boot_and_fetch(&file.path, "qcow2").await;
