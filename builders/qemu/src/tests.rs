@@ -132,7 +132,9 @@ fn register_adds_the_kind() {
 
 #[test]
 fn every_option_is_documented() {
-    let page = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/builders/qemu.md");
+    let page = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../../docs/builders/qemu.md");
     let text = std::fs::read_to_string(&page)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", page.display()));
     for opt in OPTIONS {
