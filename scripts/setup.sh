@@ -12,6 +12,9 @@ packages=(
   hyperfine
   # The docker builder's tests: an engine, a registry and base images made locally.
   docker.io docker-registry busybox-static mmdebstrap curl
+  # The qemu builder, its seed ISOs and the vm-tests base image (vm-tests/base-image.sh).
+  qemu-system-x86 qemu-utils genisoimage
+  syslinux syslinux-common mtools dosfstools fdisk
 )
 
 missing=()

@@ -6,6 +6,7 @@ pub fn registry() -> Registry {
     let mut r = Registry::default();
     null::register(&mut r);
     docker::register(&mut r);
+    qemu::register(&mut r);
     shell_local::register(&mut r);
     shell::register(&mut r);
     file::register(&mut r);
