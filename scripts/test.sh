@@ -10,6 +10,8 @@ bash scripts/setup.sh
 # Build outputs are cached outside the clone, so a fresh clone on the same machine builds quickly.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kiln-target}"
 export CARGO_TERM_COLOR=never
+# The vm-tests boot real QEMU guests under TCG (about 12 minutes); KILN_VM_TESTS=0 skips them.
+export KILN_VM_TESTS="${KILN_VM_TESTS:-1}"
 
 cargo fmt --all --check
 cargo build --workspace --all-targets --locked

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::fixture::{repo, Kiln};
 
+/// Values for example variables that have no default because only the user can know them.
+const REQUIRED_VARS: &[(&str, &[&str])] = &[("qemu-hello", &["base_image=/var/tmp/base.qcow2"])];
+
 #[test]
 fn validate_accepts_every_example_template() {
     let k = Kiln::new();
@@ -15,7 +18,15 @@ fn validate_accepts_every_example_template() {
         if !dir.is_dir() {
             continue;
         }
-        let r = k.run(&["validate", dir.to_str().unwrap()]);
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let mut args = vec!["validate"];
+        for (_, vars) in REQUIRED_VARS.iter().filter(|(t, _)| *t == name) {
+            for var in vars.iter() {
+                args.extend(["-var", var]);
+            }
+        }
+        args.push(dir.to_str().unwrap());
+        let r = k.run(&args);
         assert_eq!(r.code(), 0, "{}:\n{}", dir.display(), r.stderr());
         seen += 1;
     }
