@@ -22,7 +22,7 @@ trap 'bash scripts/dockerd.sh stop; rm -f "$log"' EXIT
 bash scripts/dockerd.sh start
 status=0
 # Tests that start daemons (sshd) each take their own port, so two threads are safe.
-cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
 
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, i }' "$log"
