@@ -8,6 +8,7 @@
 #
 # Cached as $KILN_CACHE_DIR/base-<sha256 of this script>.qcow2 (default /var/tmp/kiln-cache):
 # a second run prints the cached path at once. The .debs are kept in $KILN_CACHE_DIR/debs.
+# Packages come from mmdebstrap's default mirrors for the release (with updates and security).
 # Needs root and: mmdebstrap syslinux syslinux-common mtools dosfstools fdisk qemu-img.
 set -euo pipefail
 
@@ -45,7 +46,7 @@ mmdebstrap --mode=root --format=directory --variant=apt \
   --customize-hook='chroot "$1" systemctl enable systemd-networkd' \
   --customize-hook='printf "datasource_list: [NoCloud, None]\nnetwork: {config: disabled}\n" > "$1/etc/cloud/cloud.cfg.d/90-kiln.cfg"' \
   --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*' \
-  bookworm "$root" http://deb.debian.org/debian >&2
+  bookworm "$root" >&2
 
 # sshd needs host keys when cloud-init does not supply them: generate at first boot.
 cat > "$root/etc/systemd/system/kiln-ssh-host-keys.service" <<'EOF'

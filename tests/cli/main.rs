@@ -4,5 +4,6 @@ mod build;
 mod examples;
 mod fixture;
 mod fmt;
+mod qemu_example;
 mod usage;
 mod validate;

@@ -3,8 +3,7 @@
 //! one at a time (one test function): the machine has two cores.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use kiln_comm::{Communicator, RemoteCommand, UploadOptions, UploadSource};
@@ -13,8 +12,8 @@ use kiln_core::diag::{FileId, Span};
 use kiln_core::event::{EventKind, EventSink, Redactor};
 use kiln_core::plan::{Config, ConfigAttr};
 use kiln_core::runner::{error_chain, BuildCtx, BuildError, Cancel, OnError};
+use kiln_testkit::vm::{base_image, boot_and_check, vm_tests_enabled};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HELLO: &str = "hello from a kiln-built image\n";
 const UNIT: &str = "[Unit]
@@ -34,16 +33,6 @@ fn repo_root() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .join("../..")
-}
-
-/// Builds (or finds in the cache) the base disk and returns its path.
-fn base_image() -> PathBuf {
-    let out = std::process::Command::new(repo_root().join("vm-tests/base-image.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run vm-tests/base-image.sh");
-    assert!(out.status.success(), "base-image.sh failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 fn config(attrs: Value) -> Config {
@@ -67,14 +56,6 @@ fn config(attrs: Value) -> Config {
 
 /// VM tests take turns: the machine has two cores.
 static VM_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn vm_tests_enabled() -> bool {
-    let on = std::env::var("KILN_VM_TESTS").as_deref() == Ok("1");
-    if !on {
-        eprintln!("skipped: set KILN_VM_TESTS=1 to boot VMs (vm-tests)");
-    }
-    on
-}
 
 /// A build context whose events are echoed to stderr (shown when a test fails) and handed to
 /// `on_event`.
@@ -255,32 +236,6 @@ fn new_runtime_dirs(before: &[PathBuf]) -> Vec<PathBuf> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP GET on loopback; `None` until the guest answers.
-async fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    (!response.is_empty()).then_some(response)
-}
-
 /// Checks that the hello file is on the machine.
 struct HasHello;
 
@@ -296,50 +251,31 @@ impl ProvisionHook for HasHello {
     }
 }
 
-/// Boots `image` in a fresh VM (no seed, changes discarded) and fetches the hello file over HTTP.
-async fn boot_and_fetch(image: &Path, format: &str) -> String {
-    let port = free_port();
-    let mut qemu = tokio::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-nodefaults",
-            "-display",
-            "none",
-            "-accel",
-            "tcg",
-            "-m",
-            "1024",
-            "-snapshot",
-        ])
-        .arg("-drive")
-        .arg(format!(
-            "file={},if=virtio,format={format}",
-            image.display()
-        ))
-        .args(["-netdev"])
-        .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:8080"))
-        .args(["-device", "virtio-net,netdev=n0", "-serial", "null"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start qemu");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let response = loop {
-        if let Some(r) = http_get(port, "/hello.txt").await {
-            break r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the built image did not serve HTTP"
-        );
-        if let Ok(Some(status)) = qemu.try_wait() {
-            panic!("qemu exited: {status}");
-        }
-        // Polling is the only way to see a guest's port from the host: user-mode networking
-        // accepts connections before the guest listens.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    qemu.kill().await.unwrap();
-    response
+/// Boots a built image in a fresh VM and asserts it serves the hello file over HTTP and, inside
+/// (through the guest agent), runs the unit and holds the file.
+async fn assert_hello(what: &str, image: &Path, format: &str) {
+    let booted = boot_and_check(
+        image,
+        format,
+        "/hello.txt",
+        &[
+            &["systemctl", "is-active", "kiln-hello.service"],
+            &["cat", "/srv/hello/hello.txt"],
+        ],
+    )
+    .await;
+    assert!(
+        booted.http.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{what}: {}",
+        booted.http
+    );
+    assert!(booted.http.ends_with(HELLO), "{what}: {}", booted.http);
+    assert_eq!(
+        booted.outputs[0].trim(),
+        "active",
+        "{what}: kiln-hello.service"
+    );
+    assert_eq!(booted.outputs[1], HELLO, "{what}: /srv/hello/hello.txt");
 }
 
 /// A build's options on the base disk, its output under `work/NAME`.
@@ -367,7 +303,7 @@ async fn qga_provisions_the_hello_image() {
     }
     let _turn = VM_LOCK.lock().await;
     std::env::set_var(qemu::ACCELERATOR_ENV, "tcg");
-    let base = base_image();
+    let base = base_image(&repo_root());
     let work = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let artifact = run(
@@ -378,8 +314,7 @@ async fn qga_provisions_the_hello_image() {
     .await
     .unwrap_or_else(|e| panic!("build failed: {}", chain(&e)));
     eprintln!("qga build took {:?}", started.elapsed());
-    let response = boot_and_fetch(&artifact.files[0].path, "qcow2").await;
-    assert!(response.ends_with(HELLO), "{response}");
+    assert_hello("qga", &artifact.files[0].path, "qcow2").await;
 }
 
 /// `accelerator = "auto"` picks KVM when `/dev/kvm` opens; where KVM hangs guests (as on the
@@ -392,7 +327,7 @@ async fn auto_acceleration_builds_or_says_to_use_tcg() {
     }
     let _turn = VM_LOCK.lock().await;
     std::env::set_var(qemu::ACCELERATOR_ENV, "auto");
-    let base = base_image();
+    let base = base_image(&repo_root());
     let work = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let result = run(
@@ -432,7 +367,7 @@ async fn qemu_errors_are_quoted() {
     }
     let _turn = VM_LOCK.lock().await;
     std::env::set_var(qemu::ACCELERATOR_ENV, "tcg");
-    let base = base_image();
+    let base = base_image(&repo_root());
     let work = tempfile::tempdir().unwrap();
     let extra = json!({ "qemuargs": [["-no-such-flag"]] });
     let err = run(
@@ -462,7 +397,7 @@ async fn an_interrupted_build_leaves_nothing() {
     }
     let _turn = VM_LOCK.lock().await;
     std::env::set_var(qemu::ACCELERATOR_ENV, "tcg");
-    let base = base_image();
+    let base = base_image(&repo_root());
     let work = tempfile::tempdir().unwrap();
     let dirs_before = runtime_dirs();
     let cancel = Cancel::new();
@@ -503,7 +438,7 @@ async fn qemu_builds_under_tcg() {
     }
     let _turn = VM_LOCK.lock().await;
     std::env::set_var(qemu::ACCELERATOR_ENV, "tcg");
-    let base = base_image();
+    let base = base_image(&repo_root());
     let work = tempfile::tempdir().unwrap();
     let attrs = |name: &str, extra: Value| attrs(&base, work.path(), name, extra);
     let dirs_before = runtime_dirs();
@@ -575,10 +510,8 @@ async fn qemu_builds_under_tcg() {
     );
 
     let started = Instant::now();
-    let response = boot_and_fetch(&file.path, "qcow2").await;
+    assert_hello("hello", &file.path, "qcow2").await;
     eprintln!("booting the built image took {:?}", started.elapsed());
-    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
-    assert!(response.ends_with(HELLO), "{response}");
 
     // On top of the hello image (checked by its digest): a qcow2 overlay and a raw image boot too.
     let hello = file.path.display().to_string();
@@ -610,7 +543,6 @@ async fn qemu_builds_under_tcg() {
         if name == "overlay" {
             assert_eq!(info["backing-filename"], hello.as_str(), "{info}");
         }
-        let response = boot_and_fetch(path, format).await;
-        assert!(response.ends_with(HELLO), "{name}: {response}");
+        assert_hello(name, path, format).await;
     }
 }

@@ -1,5 +1,5 @@
 //! Test fixtures shared by Kiln crates: a throwaway OpenSSH server on a loopback port, and (in
-//! [`docker`]) a Docker engine, a registry and base images.
+//! [`docker`]) a Docker engine, a registry and base images, and (in [`vm`]) QEMU vm-test helpers.
 //!
 //! [`Sshd::start`] runs Debian's `/usr/sbin/sshd -D -e` with its own config, host key and
 //! authorized keys in a temp dir, waits until it reports that it listens, and kills it (and every
@@ -9,6 +9,7 @@
 //! is set so that CI cannot silently skip SSH tests.
 
 pub mod docker;
+pub mod vm;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
