@@ -252,7 +252,10 @@ async fn downloads_once_then_finds_the_file_in_the_cache_without_the_network() {
 
     let (sink, mut rx) = events();
     let fetcher = Fetcher::new(Some(cache.path().into()), QUICK, &sink).unwrap();
-    let path = fetcher.find(&[url.clone()], &checksum).await.unwrap();
+    let path = fetcher
+        .find(std::slice::from_ref(&url), &checksum)
+        .await
+        .unwrap();
     assert_eq!(
         path,
         cache
@@ -308,7 +311,10 @@ async fn a_checksum_mismatch_leaves_nothing_in_the_cache() {
     let fetcher = Fetcher::new(Some(cache.path().into()), QUICK, &sink).unwrap();
     let wrong = Checksum::parse(&"0".repeat(64)).unwrap();
     let url = server.url("base.img");
-    let err = fetcher.find(&[url.clone()], &wrong).await.unwrap_err();
+    let err = fetcher
+        .find(std::slice::from_ref(&url), &wrong)
+        .await
+        .unwrap_err();
     assert_eq!(err.tried.len(), 1);
     assert_eq!(err.tried[0].0, url);
     assert!(err.tried[0].1.contains("expects"), "{err}");
