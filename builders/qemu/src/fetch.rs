@@ -199,7 +199,7 @@ impl<'a> Fetcher<'a> {
     ) -> Result<PathBuf, NoSourceError> {
         let mut sums = None;
         let mut tried = Vec::new();
-        for url in urls {
+        for (i, url) in urls.iter().enumerate() {
             let found = match Location::parse(url) {
                 Some(Location::Local(path)) => self.local(&path, checksum, &mut sums).await,
                 Some(Location::Remote(url)) => self.remote(&url, checksum, &mut sums).await,
@@ -207,7 +207,14 @@ impl<'a> Fetcher<'a> {
             };
             match found {
                 Ok(path) => return Ok(path),
-                Err(e) => tried.push((url.clone(), error_chain(&e).join(": "))),
+                Err(e) => {
+                    let why = error_chain(&e).join(": ");
+                    if i + 1 < urls.len() {
+                        self.events
+                            .message(Level::Warn, format!("`{url}`: {why}; trying the next URL"));
+                    }
+                    tried.push((url.clone(), why));
+                }
             }
         }
         Err(NoSourceError { tried })

@@ -387,7 +387,7 @@ async fn the_next_url_is_tried_and_the_error_names_every_url() {
     let real = PythonServer::start(served.path());
     let fake = FakeServer::start(vec![Reply::Status(404)]).await;
     let cache = tempfile::tempdir().unwrap();
-    let (sink, _rx) = events();
+    let (sink, mut rx) = events();
     let fetcher = Fetcher::new(Some(cache.path().into()), QUICK, &sink).unwrap();
     let checksum = digest_of(&data);
 
@@ -395,6 +395,11 @@ async fn the_next_url_is_tried_and_the_error_names_every_url() {
     let path = fetcher.find(&urls, &checksum).await.unwrap();
     assert_eq!(std::fs::read(path).unwrap(), data);
     assert_eq!(fake.requests(), ["/missing.img"]);
+    let warnings = messages(&drain(&mut rx), Level::Warn);
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("404") && warnings[0].contains(&urls[0]),
+        "{warnings:?}"
+    );
 
     let missing = served.path().join("nothing-here.img");
     let urls = [
@@ -526,4 +531,28 @@ async fn local_files_are_verified_in_place() {
         .unwrap_err();
     assert!(err.tried[0].1.contains("expects"), "{err}");
     assert!(!cache.exists(), "a local source was copied into the cache");
+}
+
+#[tokio::test]
+async fn two_builds_downloading_the_same_file_at_once_share_one_entry() {
+    let served = tempfile::tempdir().unwrap();
+    let data = content(2 << 20);
+    std::fs::write(served.path().join("base.img"), &data).unwrap();
+    let server = PythonServer::start(served.path());
+    let cache = tempfile::tempdir().unwrap();
+    let (sink, mut rx) = events();
+    let one = Fetcher::new(Some(cache.path().into()), QUICK, &sink).unwrap();
+    let two = Fetcher::new(Some(cache.path().into()), QUICK, &sink).unwrap();
+    let urls = [server.url("base.img")];
+    let checksum = digest_of(&data);
+    let (a, b) = tokio::join!(one.find(&urls, &checksum), two.find(&urls, &checksum));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a, b);
+    let started = messages(&drain(&mut rx), Level::Info)
+        .iter()
+        .filter(|m| m.starts_with("downloading"))
+        .count();
+    assert_eq!(started, 2, "both builds should have downloaded");
+    assert_eq!(std::fs::read(&a).unwrap(), data);
+    assert_eq!(entries(&cache.path().join("iso")).len(), 1);
 }
