@@ -63,14 +63,20 @@ fn entries(dir: &Path) -> Vec<String> {
     }
 }
 
-/// A real HTTP server: Python's `http.server` serving a directory on a loopback port.
+/// A real HTTP server: Python's `http.server` serving a temporary directory on a loopback port.
 struct PythonServer {
     child: std::process::Child,
     port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl PythonServer {
-    fn start(dir: &Path) -> PythonServer {
+    /// Serves `files` (name, content), and whatever is written in [`PythonServer::dir`] later.
+    fn serving(files: &[(&str, &[u8])]) -> PythonServer {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
         let mut child = std::process::Command::new("python3")
             .args([
                 "-u",
@@ -80,7 +86,7 @@ impl PythonServer {
                 "127.0.0.1",
                 "--directory",
             ])
-            .arg(dir)
+            .arg(dir.path())
             .arg("0")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -97,7 +103,11 @@ impl PythonServer {
             .nth(1)
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no port in {line:?}"));
-        PythonServer { child, port }
+        PythonServer { child, port, dir }
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn url(&self, name: &str) -> String {
@@ -242,10 +252,8 @@ fn cache_keys_follow_the_checksum_or_the_url() {
 
 #[tokio::test]
 async fn downloads_once_then_finds_the_file_in_the_cache_without_the_network() {
-    let served = tempfile::tempdir().unwrap();
     let data = content(3 << 20);
-    std::fs::write(served.path().join("base.img"), &data).unwrap();
-    let server = PythonServer::start(served.path());
+    let server = PythonServer::serving(&[("base.img", &data)]);
     let cache = tempfile::tempdir().unwrap();
     let url = server.url("base.img");
     let checksum = digest_of(&data);
@@ -303,9 +311,7 @@ async fn downloads_once_then_finds_the_file_in_the_cache_without_the_network() {
 
 #[tokio::test]
 async fn a_checksum_mismatch_leaves_nothing_in_the_cache() {
-    let served = tempfile::tempdir().unwrap();
-    std::fs::write(served.path().join("base.img"), content(100_000)).unwrap();
-    let server = PythonServer::start(served.path());
+    let server = PythonServer::serving(&[("base.img", &content(100_000))]);
     let cache = tempfile::tempdir().unwrap();
     let (sink, _rx) = events();
     let fetcher = Fetcher::new(Some(cache.path().into()), QUICK, &sink).unwrap();
@@ -381,10 +387,8 @@ async fn retries_end_and_client_errors_are_not_retried() {
 
 #[tokio::test]
 async fn the_next_url_is_tried_and_the_error_names_every_url() {
-    let served = tempfile::tempdir().unwrap();
     let data = content(50_000);
-    std::fs::write(served.path().join("base.img"), &data).unwrap();
-    let real = PythonServer::start(served.path());
+    let real = PythonServer::serving(&[("base.img", &data)]);
     let fake = FakeServer::start(vec![Reply::Status(404)]).await;
     let cache = tempfile::tempdir().unwrap();
     let (sink, mut rx) = events();
@@ -401,7 +405,7 @@ async fn the_next_url_is_tried_and_the_error_names_every_url() {
         "{warnings:?}"
     );
 
-    let missing = served.path().join("nothing-here.img");
+    let missing = real.dir().join("nothing-here.img");
     let urls = [
         fake.url("missing.img"),
         missing.display().to_string(),
@@ -421,19 +425,13 @@ async fn the_next_url_is_tried_and_the_error_names_every_url() {
 
 #[tokio::test]
 async fn a_sums_file_over_http_names_the_digest() {
-    let served = tempfile::tempdir().unwrap();
     let data = content(70_000);
-    std::fs::write(served.path().join("base.img"), &data).unwrap();
-    std::fs::write(
-        served.path().join("SHA256SUMS"),
-        format!(
-            "{}  other.img\n{} *base.img\n",
-            "1".repeat(64),
-            sha256(&data)
-        ),
-    )
-    .unwrap();
-    let server = PythonServer::start(served.path());
+    let sums = format!(
+        "{}  other.img\n{} *base.img\n",
+        "1".repeat(64),
+        sha256(&data)
+    );
+    let server = PythonServer::serving(&[("base.img", &data), ("SHA256SUMS", sums.as_bytes())]);
     let cache = tempfile::tempdir().unwrap();
     let (sink, _rx) = events();
     let fetcher = Fetcher::new(Some(cache.path().into()), QUICK, &sink).unwrap();
@@ -447,7 +445,7 @@ async fn a_sums_file_over_http_names_the_digest() {
         format!("sha256-{}.img", sha256(&data))
     );
 
-    std::fs::write(served.path().join("unlisted.img"), &data).unwrap();
+    std::fs::write(server.dir().join("unlisted.img"), &data).unwrap();
     let err = fetcher
         .find(&[server.url("unlisted.img")], &checksum)
         .await
@@ -535,10 +533,8 @@ async fn local_files_are_verified_in_place() {
 
 #[tokio::test]
 async fn two_builds_downloading_the_same_file_at_once_share_one_entry() {
-    let served = tempfile::tempdir().unwrap();
     let data = content(2 << 20);
-    std::fs::write(served.path().join("base.img"), &data).unwrap();
-    let server = PythonServer::start(served.path());
+    let server = PythonServer::serving(&[("base.img", &data)]);
     let cache = tempfile::tempdir().unwrap();
     let (sink, mut rx) = events();
     let one = Fetcher::new(Some(cache.path().into()), QUICK, &sink).unwrap();
