@@ -25,9 +25,9 @@ const fn opt(name: &'static str, ty: &'static str, doc: &'static str) -> OptionS
 }
 
 pub const OPTIONS: &[OptionSpec] = &[
-    opt("iso_url", "string", "The base disk (with `disk_image = true`): a local path or `file://` URL."),
-    opt("iso_urls", "list(string)", "Places to look for the base disk, tried in order."),
-    opt("iso_checksum", "string", "`sha256:HEX`, `sha512:HEX`, bare hex, `file:PATH-OR-URL` of a SUMS file, or `none`."),
+    opt("iso_url", "string", "The base disk (with `disk_image = true`): a local path, a `file://` URL (used in place), or an `http://`/`https://` URL (downloaded into the cache under `KILN_CACHE_DIR`)."),
+    opt("iso_urls", "list(string)", "Places to look for the base disk, tried in order (after `iso_url`); the error names each one with its last failure."),
+    opt("iso_checksum", "string", "`sha256:HEX`, `sha512:HEX`, bare hex, `file:PATH` or `file:URL` (`file://`, `http(s)://`) of a SUMS file listing the source by file name, or `none`; keys the download cache."),
     opt("disk_image", "bool", "The source is a bootable disk image (the only source Kiln supports yet); must be `true`."),
     opt("use_backing_file", "bool", "Output a qcow2 overlay backed by the base disk instead of a standalone image."),
     opt("disk_size", "string", "Grow the disk to this size (`10G`, `512M`, or a number of MiB)."),

@@ -25,6 +25,7 @@ use qga::QgaCommunicator;
 mod checksum;
 mod config;
 mod disk;
+mod fetch;
 mod qga;
 mod seed;
 mod vm;
@@ -106,10 +107,6 @@ impl State {
 /// Why a step of the qemu builder failed (besides the errors of the modules it calls).
 #[derive(Debug, thiserror::Error)]
 enum QemuError {
-    #[error("no base disk at {tried}")]
-    NoSource { tried: String },
-    #[error("downloading `{0}` is not supported yet; give a local path or a file:// URL")]
-    Remote(String),
     #[error("the output directory `{}` exists (use -force to replace it)", .0.display())]
     OutputExists(PathBuf),
     #[error("cannot {what} `{}`", path.display())]
@@ -142,7 +139,8 @@ fn fs_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
     }
 }
 
-/// Finds the base disk among the URLs and checks its checksum before anything else happens.
+/// Finds the base disk among the URLs (downloading it into the cache if need be) and checks its
+/// checksum before anything else happens.
 struct VerifySource<'a>(&'a Settings);
 
 #[async_trait]
@@ -152,33 +150,12 @@ impl Step<State> for VerifySource<'_> {
     }
 
     async fn run(&self, state: &mut State, ctx: &BuildCtx) -> Result<(), BoxError> {
-        let mut tried = Vec::new();
-        for url in &self.0.urls {
-            let path = match url.strip_prefix("file://") {
-                Some(path) => PathBuf::from(path),
-                None if url.contains("://") => return Err(QemuError::Remote(url.clone()).into()),
-                None => PathBuf::from(url),
-            };
-            if !path.is_file() {
-                tried.push(format!("`{}`", path.display()));
-                continue;
-            }
-            let path = std::path::absolute(&path).map_err(fs_err("resolve", &path))?;
-            ctx.events
-                .message(Level::Info, format!("verifying `{}`", path.display()));
-            let checksum = self.0.checksum.clone();
-            let checked = path.clone();
-            tokio::task::spawn_blocking(move || checksum.verify(&checked))
-                .await
-                .expect("hashing does not panic")?;
-            state.source_format = disk::detect_format(&path).await?;
-            state.source = path;
-            return Ok(());
-        }
-        Err(QemuError::NoSource {
-            tried: tried.join(", "),
-        }
-        .into())
+        let fetcher =
+            fetch::Fetcher::new(fetch::cache_dir(), fetch::Retry::default(), &ctx.events)?;
+        let path = fetcher.find(&self.0.urls, &self.0.checksum).await?;
+        state.source_format = disk::detect_format(&path).await?;
+        state.source = path;
+        Ok(())
     }
 }
 
