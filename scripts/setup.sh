@@ -15,16 +15,29 @@ packages=(
   # The qemu builder, its seed ISOs and the vm-tests base image (vm-tests/base-image.sh).
   qemu-system-x86 qemu-utils genisoimage
   syslinux syslinux-common mtools dosfstools fdisk
+  # ISO installs: UEFI firmware, and the installer ISO of vm-tests/installer-iso.sh.
+  ovmf grub-common grub-pc-bin grub-efi-amd64-bin xorriso
 )
 
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
+missing() {
+  local p
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"
+  done
+}
 
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "setup: installing ${missing[*]}" >&2
+# Twice: installing one package can remove another (Debian's qemu-system-x86 7.2 replaces a
+# newer preinstalled qemu-utils), which the second round puts back in a matching version.
+for round in 1 2; do
+  mapfile -t todo < <(missing)
+  [ "${#todo[@]}" -eq 0 ] && break
+  echo "setup: installing ${todo[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ "$round" = 1 ] && apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${todo[@]}" >/dev/null
+done
+mapfile -t todo < <(missing)
+if [ "${#todo[@]}" -gt 0 ]; then
+  echo "setup: still missing after installing: ${todo[*]}" >&2
+  exit 1
 fi

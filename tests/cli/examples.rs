@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use crate::fixture::{repo, Kiln};
 
 /// Values for example variables that have no default because only the user can know them.
-const REQUIRED_VARS: &[(&str, &[&str])] = &[("qemu-hello", &["base_image=/var/tmp/base.qcow2"])];
+const REQUIRED_VARS: &[(&str, &[&str])] = &[
+    ("qemu-hello", &["base_image=/var/tmp/base.qcow2"]),
+    ("qemu-installer", &["installer_iso=/var/tmp/installer.iso"]),
+];
 
 #[test]
 fn validate_accepts_every_example_template() {

@@ -2,9 +2,12 @@
 //! `vm-tests/base-image.sh` under TCG (real `file` and `shell` provisioners over SSH, cloud-init
 //! key and host-key injection), then the produced image booted in a fresh VM and checked from
 //! the host (HTTP through `hostfwd`) and from inside (the guest agent). Runs with
-//! `KILN_VM_TESTS=1`.
+//! `KILN_VM_TESTS=1`. And `templates/qemu-installer`: an ISO install typed through QMP, through
+//! BIOS and UEFI, checked by reading the installed disk.
 
-use kiln_testkit::vm::{base_image, boot_and_check, vm_tests_enabled};
+use kiln_testkit::vm::{
+    base_image, boot_and_check, installed_files, installer_iso, vm_tests_enabled,
+};
 
 use crate::fixture::{repo, Kiln};
 
@@ -63,4 +66,62 @@ fn qemu_hello_example_builds_an_image_that_serves_http() {
     assert!(booted.http.ends_with(&hello), "{}", booted.http);
     assert_eq!(booted.outputs[0].trim(), "active", "kiln-hello.service");
     assert_eq!(booted.outputs[1], hello, "/srv/hello/hello.txt");
+}
+
+#[test]
+fn qemu_installer_example_installs_through_bios_and_uefi() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let iso = installer_iso(&repo());
+    let k = Kiln::new();
+    let template = repo().join("templates/qemu-installer");
+    for (efi, firmware) in [("false", "bios"), ("true", "efi")] {
+        let run = k.run(&[
+            "build",
+            "-force",
+            "-var",
+            &format!("installer_iso={}", iso.display()),
+            "-var",
+            "accelerator=tcg",
+            "-var",
+            &format!("efi_boot={efi}"),
+            template.to_str().unwrap(),
+        ]);
+        run.expect_code(0);
+        let files = installed_files(&k.path("output/qemu-installer/installed.raw"));
+        let want = |name: &str, text: &str| {
+            assert_eq!(
+                files.get(name).map(String::as_str),
+                Some(text),
+                "{firmware}: {name} in {files:?}"
+            )
+        };
+        want("payload.txt", "installed by kiln over HTTP\n");
+        want(
+            "cd/answers.txt",
+            &std::fs::read_to_string(template.join("files/answers.txt")).unwrap(),
+        );
+        want("cd/kiln/label.txt", "KILNCD\n");
+        want("firmware", &format!("{firmware}\n"));
+        let manifest: serde_json::Value =
+            serde_json::from_str(&k.read("output/qemu-installer/manifest.json")).unwrap();
+        let build = manifest["builds"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(build["builder_type"], "qemu", "{manifest}");
+        let file = &build["files"][0];
+        assert_eq!(
+            file["name"], "output/qemu-installer/installed.raw",
+            "{manifest}"
+        );
+        let size = std::fs::metadata(k.path("output/qemu-installer/installed.raw"))
+            .unwrap()
+            .len();
+        assert_eq!(file["size"], size, "{manifest}");
+        assert_eq!(file["sha256"].as_str().unwrap().len(), 64, "{manifest}");
+    }
 }

@@ -65,6 +65,15 @@ pub async fn create_overlay(
     qemu_img(&args).await.map(drop)
 }
 
+/// Creates the blank qcow2 `path` of `size` bytes (the disk an installer writes to).
+pub async fn create_blank(path: &Path, size: u64, extra: &[String]) -> Result<(), QemuImgError> {
+    let mut args: Vec<String> = vec!["create".into(), "-q".into(), "-f".into(), "qcow2".into()];
+    args.extend(extra.iter().cloned());
+    args.push(s(path));
+    args.push(size.to_string());
+    qemu_img(&args).await.map(drop)
+}
+
 /// Writes `src` as a standalone image of `format` to `dest`.
 pub async fn convert(
     src: &Path,

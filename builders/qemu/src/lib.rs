@@ -1,9 +1,11 @@
-//! The `qemu` builder: boots a base disk image under QEMU (an overlay on it, never a copy),
-//! provisions it over SSH, powers it off and writes the result with `qemu-img convert`.
+//! The `qemu` builder: boots a base disk image under QEMU (an overlay on it, never a copy) or an
+//! installer ISO with a blank disk, provisions it over SSH or the guest agent, powers it off and
+//! writes the result with `qemu-img convert`.
 //!
 //! Steps, each cleaned up in reverse on failure or interrupt: verify source → output directory →
-//! runtime directory → working disk → cloud-init seed → launch (paused, QMP, `cont`) → wait for
-//! SSH → provision → shut down → convert and hash.
+//! runtime directory → working disk → cloud-init seed → extra CD → firmware variables → HTTP
+//! server → launch (paused, QMP, `cont`) → type boot command → wait for the communicator →
+//! provision → shut down → convert and hash.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,15 +24,18 @@ use kiln_core::sensitive::Sensitive;
 use kiln_core::BoxError;
 use qga::QgaCommunicator;
 
+mod boot;
+mod cd;
 mod checksum;
 mod config;
 mod disk;
 mod fetch;
+mod http;
 mod qga;
 mod seed;
 mod vm;
 
-pub use config::{Accelerator, Format, Settings, ACCELERATOR_ENV, OPTIONS};
+pub use config::{Accelerator, Firmware, Format, Settings, ACCELERATOR_ENV, OPTIONS};
 use vm::{LaunchSpec, Vm};
 
 /// The type name in templates.
@@ -92,6 +97,21 @@ struct State {
     conn: ConnInfo,
     partial: Option<PathBuf>,
     output: Option<ArtifactFile>,
+    /// The extra CD-ROM of `cd_files` / `cd_content`.
+    cd: Option<PathBuf>,
+    /// The build's copy of the UEFI variable store.
+    efi_vars: Option<PathBuf>,
+    http: Option<http::HttpServer>,
+    /// The HTTP server's port, as the guest reaches it at [`http::GUEST_HOST_IP`].
+    http_port: Option<u16>,
+}
+
+impl State {
+    /// `build.PackerHTTPAddr`.
+    fn http_addr(&self) -> Option<String> {
+        self.http_port
+            .map(|port| format!("{}:{port}", http::GUEST_HOST_IP))
+    }
 }
 
 impl State {
@@ -129,6 +149,10 @@ enum QemuError {
     ShutdownCommand(#[source] kiln_comm::CommError),
     #[error("the guest did not power off within {0:?}")]
     ShutdownTimeout(Duration),
+    #[error(
+        "no UEFI firmware at `{0}` (install Debian's `ovmf` package or set `efi_firmware_code`)"
+    )]
+    NoFirmware(String),
 }
 
 fn fs_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> QemuError + 'a {
@@ -239,7 +263,8 @@ impl Step<State> for RuntimeDir {
     }
 }
 
-/// The working disk: a qcow2 overlay on the base disk (never a copy).
+/// The working disk: a qcow2 overlay on the base disk (never a copy), or a blank qcow2 for an ISO
+/// install.
 struct CreateDisk<'a>(&'a Settings);
 
 #[async_trait]
@@ -254,14 +279,23 @@ impl Step<State> for CreateDisk<'_> {
             .join(format!(".{}.work.qcow2", state.vm_name));
         let work = std::path::absolute(&work).map_err(fs_err("resolve", &work))?;
         state.work_disk = work.clone();
-        disk::create_overlay(
-            &state.source,
-            &state.source_format,
-            &work,
-            self.0.disk_size,
-            &self.0.qemu_img_args.create,
-        )
-        .await?;
+        if self.0.disk_image {
+            disk::create_overlay(
+                &state.source,
+                &state.source_format,
+                &work,
+                self.0.disk_size,
+                &self.0.qemu_img_args.create,
+            )
+            .await?;
+        } else {
+            disk::create_blank(
+                &work,
+                self.0.disk_size.unwrap_or(config::DEFAULT_ISO_DISK_SIZE),
+                &self.0.qemu_img_args.create,
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -330,6 +364,197 @@ fn write_private_key(dir: &Path, pem: &str) -> Result<PathBuf, QemuError> {
     Ok(path)
 }
 
+/// The extra CD-ROM of `cd_files` / `cd_content`, staged and written in the runtime directory
+/// (removed with it).
+struct MakeCd<'a>(&'a cd::CdSpec);
+
+#[async_trait]
+impl Step<State> for MakeCd<'_> {
+    fn name(&self) -> &str {
+        "make cd"
+    }
+
+    async fn run(&self, state: &mut State, _: &BuildCtx) -> Result<(), BoxError> {
+        let staged = state.runtime_dir().join("cd");
+        let spec = self.0.clone();
+        let stage_dir = staged.clone();
+        tokio::task::spawn_blocking(move || cd::stage(&spec, &stage_dir)).await??;
+        let iso = state.runtime_dir().join("cd.iso");
+        cd::genisoimage(&staged, &iso, self.0.label.as_deref()).await?;
+        state.cd = Some(iso);
+        Ok(())
+    }
+}
+
+/// Debian's OVMF (package `ovmf`): the 4 MiB build first, then the 2 MiB one.
+const OVMF_CODE: [&str; 2] = [
+    "/usr/share/OVMF/OVMF_CODE_4M.fd",
+    "/usr/share/OVMF/OVMF_CODE.fd",
+];
+
+/// Finds the UEFI firmware and copies its variable store for this build.
+struct PrepareFirmware<'a>(&'a Settings);
+
+#[async_trait]
+impl Step<State> for PrepareFirmware<'_> {
+    fn name(&self) -> &str {
+        "prepare uefi firmware"
+    }
+
+    async fn run(&self, state: &mut State, _: &BuildCtx) -> Result<(), BoxError> {
+        let Firmware::Efi {
+            code,
+            vars,
+            drop_vars,
+        } = &self.0.firmware
+        else {
+            return Ok(());
+        };
+        let code = efi_code(code.as_deref())?;
+        if *drop_vars {
+            return Ok(());
+        }
+        let template = match vars {
+            Some(v) => v.clone(),
+            None => {
+                let name = code
+                    .file_name()
+                    .map(|n| n.to_string_lossy().replace("CODE", "VARS"))
+                    .unwrap_or_default();
+                code.with_file_name(name)
+            }
+        };
+        let copy = state.runtime_dir().join("efivars.fd");
+        std::fs::copy(&template, &copy)
+            .map_err(fs_err("copy the UEFI variable store", &template))?;
+        state.efi_vars = Some(copy);
+        Ok(())
+    }
+}
+
+/// The UEFI code image: the one configured, else Debian's.
+fn efi_code(configured: Option<&Path>) -> Result<PathBuf, QemuError> {
+    match configured {
+        Some(path) if path.is_file() => Ok(path.to_owned()),
+        Some(path) => Err(QemuError::NoFirmware(path.display().to_string())),
+        None => OVMF_CODE
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or_else(|| QemuError::NoFirmware(OVMF_CODE.join("` or `"))),
+    }
+}
+
+/// The HTTP server of `http_directory` / `http_content`.
+struct ServeHttp<'a>(&'a http::HttpSpec);
+
+#[async_trait]
+impl Step<State> for ServeHttp<'_> {
+    fn name(&self) -> &str {
+        "start http server"
+    }
+
+    async fn run(&self, state: &mut State, ctx: &BuildCtx) -> Result<(), BoxError> {
+        let server = http::HttpServer::start(self.0, &ctx.events).await?;
+        state.http_port = Some(server.addr.port());
+        ctx.events.message(
+            Level::Info,
+            format!(
+                "serving HTTP on {} (the guest's http://{}:{}/)",
+                server.addr,
+                http::GUEST_HOST_IP,
+                server.addr.port()
+            ),
+        );
+        state.http = Some(server);
+        Ok(())
+    }
+
+    async fn cleanup(&self, state: &mut State, _: &CleanupCtx<'_>) -> Result<(), BoxError> {
+        if let Some(server) = state.http.take() {
+            server.stop().await;
+        }
+        Ok(())
+    }
+
+    fn leftovers(&self, state: &State) -> Vec<Leftover> {
+        state
+            .http
+            .iter()
+            .map(|s| Leftover {
+                what: format!("HTTP server on {} (inside this Kiln process)", s.addr),
+                how_to_reach: None,
+            })
+            .collect()
+    }
+}
+
+/// Types `boot_command` after `boot_wait_for` / `boot_wait`, racing QEMU's exit.
+struct TypeBootCommand<'a>(&'a Settings);
+
+#[async_trait]
+impl Step<State> for TypeBootCommand<'_> {
+    fn name(&self) -> &str {
+        "type boot command"
+    }
+
+    async fn run(&self, state: &mut State, ctx: &BuildCtx) -> Result<(), BoxError> {
+        let vm = state.vm();
+        let boot = &self.0.boot;
+        let vars = boot::Vars {
+            http_ip: state.http_port.map(|_| http::GUEST_HOST_IP.to_string()),
+            http_port: state.http_port,
+            name: state.vm_name.clone(),
+        };
+        let typing = async {
+            if let Some(text) = &boot.wait_for {
+                ctx.events
+                    .waiting(format!("`{text}` on the serial console"), None);
+                vm.wait_console(text).await;
+            }
+            if !boot.wait.is_zero() {
+                ctx.events
+                    .waiting(format!("boot_wait ({:?})", boot.wait), Some(boot.wait));
+                tokio::time::sleep(boot.wait).await;
+            }
+            for line in &boot.command {
+                let line = boot::substitute(line, &vars)?;
+                ctx.events
+                    .message(Level::Debug, format!("boot command: {line}"));
+                let (actions, skipped) = boot::parse(&line);
+                if !skipped.is_empty() {
+                    ctx.events.message(
+                        Level::Warn,
+                        format!(
+                            "boot command: no key for {:?} on a US keyboard; not typed",
+                            skipped
+                        ),
+                    );
+                }
+                for action in actions {
+                    match action {
+                        boot::Action::Press(keys) => vm.press(&keys).await?,
+                        boot::Action::Down(key) => vm.key(key, true).await?,
+                        boot::Action::Up(key) => vm.key(key, false).await?,
+                        boot::Action::Wait(d) => {
+                            tokio::time::sleep(d).await;
+                            continue;
+                        }
+                    }
+                    tokio::time::sleep(boot.key_interval).await;
+                }
+            }
+            Ok::<_, BoxError>(())
+        };
+        tokio::select! {
+            r = typing => r,
+            status = vm.wait_exit() => {
+                Err(QemuError::ExitedEarly(vm.exit_error(status)).into())
+            }
+        }
+    }
+}
+
 /// Chooses the accelerator `auto` stands for: KVM when `/dev/kvm` can be opened.
 fn resolve_accelerator(accelerator: Accelerator) -> &'static str {
     match accelerator {
@@ -393,11 +618,39 @@ fn qemu_args(settings: &Settings, state: &State) -> Vec<String> {
     if state.accelerator != "none" {
         groups.push(g(&["-accel", state.accelerator]));
     }
+    // CD-ROMs in this order: the installer ISO (booted once, so a reboot starts the installed
+    // disk), the user's CD, the cloud-init seed.
+    let cdrom = |path: &Path| format!("file={},media=cdrom,readonly=on,format=raw", path.display());
+    if !settings.disk_image {
+        groups.push(g(&["-drive", &cdrom(&state.source)]));
+        groups.push(g(&["-boot", "once=d"]));
+    }
+    if let Some(cd) = &state.cd {
+        groups.push(g(&["-drive", &cdrom(cd)]));
+    }
     if let Some(seed) = &state.seed {
-        groups.push(g(&[
-            "-drive",
-            &format!("file={},media=cdrom,readonly=on", seed.display()),
-        ]));
+        groups.push(g(&["-drive", &cdrom(seed)]));
+    }
+    match &settings.firmware {
+        Firmware::Default => {}
+        Firmware::Bios(path) => groups.push(g(&["-bios", &path.display().to_string()])),
+        Firmware::Efi { code, .. } => {
+            // PrepareFirmware checked that it exists.
+            let code = efi_code(code.as_deref()).unwrap_or_default();
+            groups.push(g(&[
+                "-drive",
+                &format!(
+                    "if=pflash,unit=0,format=raw,readonly=on,file={}",
+                    code.display()
+                ),
+            ]));
+            if let Some(vars) = &state.efi_vars {
+                groups.push(g(&[
+                    "-drive",
+                    &format!("if=pflash,unit=1,format=raw,file={}", vars.display()),
+                ]));
+            }
+        }
     }
     for user in &settings.qemuargs {
         if let Some(flag) = user.first() {
@@ -432,12 +685,13 @@ impl Step<State> for Launch<'_> {
                 .join(format!("{}-console.log", state.vm_name)),
             guest_agent: self.0.guest_agent,
         };
+        let ssh = match self.0.ssh {
+            Some(_) => format!(", SSH forwarded from 127.0.0.1:{}", state.ssh_port),
+            None => String::new(),
+        };
         ctx.events.message(
             Level::Info,
-            format!(
-                "starting QEMU ({} accelerator), SSH forwarded from 127.0.0.1:{}",
-                state.accelerator, state.ssh_port
-            ),
+            format!("starting QEMU ({} accelerator){ssh}", state.accelerator),
         );
         let pid = &mut state.pid;
         let (vm, mut console) = Vm::launch(&spec, |p| *pid = Some(p)).await?;
@@ -554,7 +808,7 @@ impl Step<State> for WaitReady<'_> {
                     .collect::<Vec<_>>()
                     .join(" ")
             }),
-            http_addr: None,
+            http_addr: state.http_addr(),
         };
         state.comm = Some(Box::new(comm));
         Ok(())
@@ -585,6 +839,7 @@ async fn wait_for_agent(
     state.conn = ConnInfo {
         id: Some(state.vm_name.clone()),
         conn_type: "qga".into(),
+        http_addr: state.http_addr(),
         ..ConnInfo::default()
     };
     state.comm = Some(Box::new(comm));
@@ -626,6 +881,7 @@ impl Step<State> for Provision<'_> {
                 let conn = ConnInfo {
                     id: Some(state.vm_name.clone()),
                     conn_type: "none".into(),
+                    http_addr: state.http_addr(),
                     ..ConnInfo::default()
                 };
                 self.hook.provision(ctx, &conn, &none).await?
@@ -664,10 +920,17 @@ impl Step<State> for Shutdown<'_> {
                     Err(e) => return Err(QemuError::ShutdownCommand(e).into()),
                 }
             }
-            _ => state.vm().powerdown().await?,
+            (None, Some(_)) => state.vm().powerdown().await?,
+            // `communicator = "none"`: the guest powers off by itself (an installer's last
+            // step), as in Packer; Kiln only waits.
+            (_, None) => {}
         }
-        ctx.events
-            .waiting("the guest to power off", Some(self.0.shutdown_timeout));
+        let waiting = if state.comm.is_some() {
+            "the guest to power off"
+        } else {
+            "the guest to power off by itself"
+        };
+        ctx.events.waiting(waiting, Some(self.0.shutdown_timeout));
         // The communicator stays connected until QEMU is gone: a guest agent whose client
         // disconnects spins and slows the power-off down.
         let vm = state.vm();
@@ -772,17 +1035,31 @@ impl Builder for QemuBuilder {
         let provision = Provision { hook };
         let shutdown = Shutdown(s);
         let convert = Convert(s);
+        let cd = s.cd.as_ref().map(MakeCd);
+        let firmware = PrepareFirmware(s);
+        let http = s.http.as_ref().map(ServeHttp);
+        let boot = TypeBootCommand(s);
         let mut steps: Vec<&dyn Step<State>> = vec![&verify, &output_dir, &RuntimeDir, &disk];
         if s.cloud_init && s.ssh.is_some() {
             steps.push(&seed);
         }
-        steps.extend([
-            &launch as &dyn Step<State>,
-            &ready,
-            &provision,
-            &shutdown,
-            &convert,
-        ]);
+        if let Some(cd) = &cd {
+            steps.push(cd);
+        }
+        if matches!(s.firmware, Firmware::Efi { .. }) {
+            steps.push(&firmware);
+        }
+        if let Some(http) = &http {
+            steps.push(http);
+        }
+        steps.push(&launch);
+        if !s.boot.command.is_empty() {
+            steps.push(&boot);
+        }
+        if s.ssh.is_some() || s.guest_agent {
+            steps.push(&ready);
+        }
+        steps.extend([&provision as &dyn Step<State>, &shutdown, &convert]);
         run_steps(&steps, &mut state, ctx).await?;
         let file = state.output.take().expect("the convert step ran");
         let mut data = serde_json::Map::new();

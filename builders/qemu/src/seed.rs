@@ -4,8 +4,6 @@
 
 use std::path::Path;
 
-use tokio::process::Command;
-
 /// Why the seed could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
@@ -73,22 +71,13 @@ pub async fn make_iso(spec: &SeedSpec<'_>, dir: &Path, iso: &Path) -> Result<(),
         ),
     )
     .map_err(SeedError::Write)?;
-    let out = Command::new("genisoimage")
-        .arg("-quiet")
-        .arg("-output")
-        .arg(iso)
-        .args(["-volid", "cidata", "-joliet", "-rock"])
-        .arg(&files)
-        .kill_on_drop(true)
-        .output()
+    crate::cd::genisoimage(&files, iso, Some("cidata"))
         .await
-        .map_err(SeedError::Spawn)?;
-    if !out.status.success() {
-        return Err(SeedError::Failed(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(())
+        .map_err(|e| match e {
+            crate::cd::CdError::Spawn(e) => SeedError::Spawn(e),
+            crate::cd::CdError::Failed(stderr) => SeedError::Failed(stderr),
+            other => SeedError::Failed(other.to_string()),
+        })
 }
 
 #[cfg(test)]

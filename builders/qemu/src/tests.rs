@@ -69,7 +69,6 @@ fn every_problem_is_reported_at_once() {
     let text = errors(json!({ "format": "vmdk", "accelerator": "hvf", "disk_size": "lots" }));
     for want in [
         "one of `iso_url` or `iso_urls` is required",
-        "installing from an ISO",
         "`iso_checksum` is required",
         "`format` cannot be `vmdk`",
         "`disk_size` cannot be",
@@ -121,6 +120,141 @@ fn qemuargs_replace_defaults_with_the_same_flag() {
         args.contains("file=/o/.vm.work.qcow2,if=virtio,cache=writeback"),
         "{args}"
     );
+}
+
+fn iso(extra: Value) -> Value {
+    let mut v = json!({
+        "iso_url": "/isos/installer.iso",
+        "iso_checksum": "none",
+        "communicator": "none",
+    });
+    v.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    v
+}
+
+#[test]
+fn an_iso_install_boots_the_iso_once_with_a_blank_disk() {
+    let s = config::settings(&config(iso(json!({
+        "boot_command": ["linux /vmlinuz url=http://{{ .HTTPIP }}:{{ .HTTPPort }}/<enter>"],
+        "boot_wait_for": "grub>",
+        "http_content": { "ks.cfg": "text" },
+        "cd_content": { "meta-data": "" },
+        "cd_label": "cidata",
+    }))))
+    .unwrap();
+    assert!(!s.disk_image);
+    assert!(
+        !s.cloud_init,
+        "no seed of Kiln's by default for an installer"
+    );
+    assert_eq!(
+        s.boot.wait,
+        Duration::ZERO,
+        "boot_wait_for replaces the fixed wait"
+    );
+    assert_eq!(s.boot.key_interval, Duration::from_millis(10));
+    let http = s.http.as_ref().unwrap();
+    assert_eq!(http.content["/ks.cfg"], "text");
+    assert_eq!(http.bind.to_string(), "127.0.0.1");
+    assert_eq!(s.cd.as_ref().unwrap().label.as_deref(), Some("cidata"));
+    let state = State {
+        vm_name: "vm".into(),
+        source: "/isos/installer.iso".into(),
+        work_disk: "/o/.vm.work.qcow2".into(),
+        cd: Some("/run/cd.iso".into()),
+        accelerator: "tcg",
+        ..State::default()
+    };
+    let args = qemu_args(&s, &state).join(" ");
+    let iso_at = args
+        .find("-drive file=/isos/installer.iso,media=cdrom,readonly=on,format=raw")
+        .expect(&args);
+    let cd_at = args
+        .find("-drive file=/run/cd.iso,media=cdrom,readonly=on,format=raw")
+        .expect(&args);
+    assert!(iso_at < cd_at, "the installer is the first CD-ROM: {args}");
+    assert!(args.contains("-boot once=d"), "{args}");
+    assert!(!args.contains("pflash"), "{args}");
+
+    // A disk image boots from its disk, without `-boot`.
+    let s = config::settings(&config(minimal())).unwrap();
+    assert!(!qemu_args(&s, &state).join(" ").contains("-boot"));
+}
+
+#[test]
+fn efi_boot_attaches_the_code_read_only_and_a_private_variable_store() {
+    let s = config::settings(&config(iso(json!({
+        "efi_boot": true,
+        "efi_firmware_code": "/fw/CODE.fd",
+    }))))
+    .unwrap();
+    assert_eq!(
+        s.firmware,
+        Firmware::Efi {
+            code: Some("/fw/CODE.fd".into()),
+            vars: None,
+            drop_vars: false
+        }
+    );
+    let state = State {
+        efi_vars: Some("/run/efivars.fd".into()),
+        ..State::default()
+    };
+    let args = qemu_args(&s, &state).join(" ");
+    assert!(
+        args.contains("-drive if=pflash,unit=1,format=raw,file=/run/efivars.fd"),
+        "{args}"
+    );
+    assert!(
+        args.contains("if=pflash,unit=0,format=raw,readonly=on"),
+        "{args}"
+    );
+    let s = config::settings(&config(iso(json!({ "firmware": "/fw/bios.bin" })))).unwrap();
+    assert!(qemu_args(&s, &State::default())
+        .join(" ")
+        .contains("-bios /fw/bios.bin"));
+}
+
+#[test]
+fn iso_options_are_checked() {
+    let text = errors(iso(json!({
+        "use_backing_file": true,
+        "boot_command": ["{{ .HTTPPort }}", "{{ .Nope }}"],
+        "boot_wait": "soon",
+        "http_port_min": 9000,
+        "http_port_max": 8000,
+        "cd_label": "x",
+        "cd_content": { "../escape": "" },
+        "firmware": "/fw/bios.bin",
+        "efi_boot": true,
+        "shutdown_command": "poweroff",
+    })));
+    for want in [
+        "`use_backing_file` needs `disk_image = true`",
+        "`{{ .HTTPPort }}` needs `http_directory` or `http_content`",
+        "unknown placeholder `{{ .Nope }}`",
+        "`http_port_min` is above `http_port_max`",
+        "`../escape` cannot be a path on the CD",
+        "`firmware` and `efi_boot` conflict",
+        "`shutdown_command` needs a communicator",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let text = errors(iso(json!({
+        "http_directory": "www",
+        "http_content": { "/a": "b" },
+        "cd_label": "x",
+        "efi_drop_efivars": true,
+    })));
+    for want in [
+        "`http_directory` and `http_content` conflict",
+        "`cd_label` without `cd_files` or `cd_content`",
+        "`efi_drop_efivars` needs `efi_boot = true`",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
 }
 
 #[test]

@@ -99,7 +99,13 @@ pub struct Vm {
     agent_socket: Mutex<Option<UnixStream>>,
     /// Whether the guest's agent has its port open (QMP `VSERPORT_CHANGE`).
     pub agent_open: watch::Receiver<bool>,
+    /// The console's text so far (its last [`CONSOLE_KEEP`] bytes), for [`Vm::wait_console`].
+    console_text: Arc<Mutex<String>>,
+    console_seen: watch::Receiver<u64>,
 }
+
+/// How much of the console's text is kept for [`Vm::wait_console`].
+const CONSOLE_KEEP: usize = 64 * 1024;
 
 /// Lines from the serial console, for debug events.
 pub type ConsoleLines = tokio::sync::mpsc::UnboundedReceiver<String>;
@@ -219,13 +225,21 @@ impl Vm {
 
         let (console_tx, console_lines) = tokio::sync::mpsc::unbounded_channel();
         let (activity_tx, console_activity) = watch::channel(Instant::now());
+        let console_text = Arc::new(Mutex::new(String::new()));
+        let (seen_tx, console_seen) = watch::channel(0u64);
         let log = tokio::fs::File::create(&spec.console_log)
             .await
             .map_err(|source| VmError::ConsoleLog {
                 path: spec.console_log.clone(),
                 source,
             })?;
-        tokio::spawn(copy_console(console, log, console_tx, activity_tx));
+        tokio::spawn(copy_console(
+            console,
+            log,
+            console_tx,
+            activity_tx,
+            (console_text.clone(), seen_tx),
+        ));
 
         let negotiation =
             QmpStreamTokio::open(qmp_stream)
@@ -263,6 +277,8 @@ impl Vm {
             qmp_socket,
             agent_socket: Mutex::new(agent),
             agent_open,
+            console_text,
+            console_seen,
         };
         vm.execute("cont", qmp::cont {}).await?;
         Ok((vm, console_lines))
@@ -307,6 +323,46 @@ impl Vm {
         }
     }
 
+    /// Resolves once the serial console has printed `text` (since the VM started); never if the
+    /// console closes first.
+    pub async fn wait_console(&self, text: &str) {
+        let mut seen = self.console_seen.clone();
+        loop {
+            if self.console_text.lock().unwrap().contains(text) {
+                return;
+            }
+            if seen.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Presses keys and releases them (modifiers first down, last up) in one QMP
+    /// `input-send-event`.
+    pub async fn press(&self, keys: &[qmp::QKeyCode]) -> Result<(), VmError> {
+        let down = keys.iter().map(|key| key_event(*key, true));
+        let up = keys.iter().rev().map(|key| key_event(*key, false));
+        self.send_input(down.chain(up).collect()).await
+    }
+
+    /// Holds a key down (`true`) or releases it.
+    pub async fn key(&self, key: qmp::QKeyCode, down: bool) -> Result<(), VmError> {
+        self.send_input(vec![key_event(key, down)]).await
+    }
+
+    async fn send_input(&self, events: Vec<qmp::InputEvent>) -> Result<(), VmError> {
+        self.execute(
+            "input-send-event",
+            qmp::input_send_event {
+                device: None,
+                head: None,
+                events,
+            },
+        )
+        .await
+        .map(drop)
+    }
+
     pub fn has_exited(&self) -> bool {
         self.exit.borrow().is_some()
     }
@@ -325,6 +381,15 @@ impl Vm {
             self.wait_exit().await;
         }
     }
+}
+
+fn key_event(key: qmp::QKeyCode, down: bool) -> qmp::InputEvent {
+    qmp::InputEvent::key(qmp::InputKeyEventWrapper {
+        data: qmp::InputKeyEvent {
+            down,
+            key: qmp::KeyValue::qcode(qmp::QKeyCodeWrapper { data: key }),
+        },
+    })
 }
 
 /// Sends SIGKILL to the process group `pid` leads.
@@ -348,6 +413,7 @@ async fn copy_console(
     mut log: tokio::fs::File,
     lines: tokio::sync::mpsc::UnboundedSender<String>,
     activity: watch::Sender<Instant>,
+    (text, seen): (Arc<Mutex<String>>, watch::Sender<u64>),
 ) {
     let mut buf = vec![0u8; 8192];
     let mut pending = Vec::new();
@@ -357,6 +423,18 @@ async fn copy_console(
         }
         let _ = activity.send(Instant::now());
         let _ = log.write_all(&buf[..n]).await;
+        {
+            let mut text = text.lock().unwrap();
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if text.len() > CONSOLE_KEEP {
+                let mut cut = text.len() - CONSOLE_KEEP;
+                while !text.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                text.drain(..cut);
+            }
+        }
+        seen.send_modify(|n| *n += 1);
         pending.extend_from_slice(&buf[..n]);
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();

@@ -12,7 +12,9 @@ use kiln_core::diag::{FileId, Span};
 use kiln_core::event::{EventKind, EventSink, Redactor};
 use kiln_core::plan::{Config, ConfigAttr};
 use kiln_core::runner::{error_chain, BuildCtx, BuildError, Cancel, OnError};
-use kiln_testkit::vm::{base_image, boot_and_check, vm_tests_enabled};
+use kiln_testkit::vm::{
+    base_image, boot_and_check, installed_files, installer_iso, vm_tests_enabled,
+};
 use serde_json::{json, Value};
 
 const HELLO: &str = "hello from a kiln-built image\n";
@@ -234,6 +236,24 @@ fn new_runtime_dirs(before: &[PathBuf]) -> Vec<PathBuf> {
         .into_iter()
         .filter(|d| !before.contains(d))
         .collect()
+}
+
+/// Checks that provisioners get the `none` communicator and `build.PackerHTTPAddr`.
+struct NoCommunicator;
+
+#[async_trait]
+impl ProvisionHook for NoCommunicator {
+    async fn provision(
+        &self,
+        _: &BuildCtx,
+        conn: &ConnInfo,
+        comm: &dyn Communicator,
+    ) -> Result<(), BuildError> {
+        assert_eq!((conn.conn_type.as_str(), comm.kind()), ("none", "none"));
+        let addr = conn.http_addr.as_deref().expect("build.PackerHTTPAddr");
+        assert!(addr.starts_with("10.0.2.2:"), "{addr}");
+        Ok(())
+    }
 }
 
 /// Checks that the hello file is on the machine.
@@ -544,5 +564,155 @@ async fn qemu_builds_under_tcg() {
             assert_eq!(info["backing-filename"], hello.as_str(), "{info}");
         }
         assert_hello(name, path, format).await;
+    }
+}
+
+/// The sha256 of a file, as hex.
+fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
+    hex::encode(hasher.finalize())
+}
+
+/// The files the installer wrote on the disk image `image`.
+fn installed(
+    image: &Path,
+    format: &str,
+    scratch: &Path,
+) -> std::collections::BTreeMap<String, String> {
+    if format == "raw" {
+        return installed_files(image);
+    }
+    let raw = scratch.join("installed.raw");
+    let status = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(status.success(), "qemu-img convert");
+    installed_files(&raw)
+}
+
+/// The ISO install path: the installer ISO (`vm-tests/installer-iso.sh`) boots to a GRUB prompt
+/// through BIOS and through UEFI (OVMF); Kiln waits for `grub>` on the serial console, types the
+/// kernel command line through QMP input events (with the HTTP server's address substituted),
+/// serves `payload.txt` (from `http_content`, then from `http_directory`), attaches the
+/// `cd_files`/`cd_content` CD; the guest's installer writes what it got onto the blank disk and
+/// powers off by itself (`communicator = "none"`). The test reads the installed disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iso_install_types_its_boot_command_and_gets_its_files() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let _turn = VM_LOCK.lock().await;
+    std::env::set_var(qemu::ACCELERATOR_ENV, "tcg");
+    let iso = installer_iso(&repo_root());
+    let work = tempfile::tempdir().unwrap();
+    let www = work.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("payload.txt"), "served from http_directory\n").unwrap();
+    let answers = work.path().join("answers.txt");
+    std::fs::write(&answers, "from cd_files\n").unwrap();
+    let dirs_before = runtime_dirs();
+    let boot = "linux /vmlinuz console=ttyS0 quiet kiln.url=http://{{ .HTTPIP }}:{{ .HTTPPort }} \
+                kiln.cd=KILNCD; initrd /initrd.gz; boot<enter>";
+
+    for (name, format, extra, payload, firmware) in [
+        (
+            "bios",
+            "raw",
+            json!({ "http_content": { "/payload.txt": "served from http_content\n" } }),
+            "served from http_content\n",
+            "bios",
+        ),
+        (
+            "uefi",
+            "qcow2",
+            json!({ "efi_boot": true, "http_directory": www.display().to_string() }),
+            "served from http_directory\n",
+            "efi",
+        ),
+    ] {
+        let mut attrs = json!({
+            "iso_url": iso.display().to_string(),
+            "iso_checksum": format!("sha256:{}", sha256_file(&iso)),
+            "communicator": "none",
+            "disk_size": "64M",
+            "format": format,
+            "memory": 512,
+            "boot_wait_for": "grub>",
+            "boot_command": [boot],
+            "cd_files": [answers.display().to_string()],
+            "cd_content": { "nested/note.txt": "from cd_content\n" },
+            "cd_label": "KILNCD",
+            "shutdown_timeout": "5m",
+            "vm_name": format!("{name}.{format}"),
+            "output_directory": work.path().join(name).display().to_string(),
+        });
+        attrs
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let port = std::sync::Arc::new(std::sync::Mutex::new(None::<u16>));
+        let seen = port.clone();
+        let ctx = build_ctx_with(name, move |kind| {
+            if let EventKind::Message { text, .. } = kind {
+                if let Some(rest) = text.strip_prefix("serving HTTP on 127.0.0.1:") {
+                    let p = rest.split_whitespace().next().unwrap().parse().unwrap();
+                    *seen.lock().unwrap() = Some(p);
+                }
+            }
+        });
+        let started = Instant::now();
+        let artifact = run_in(attrs, &ctx, &NoCommunicator)
+            .await
+            .unwrap_or_else(|e| panic!("{name} install failed: {}", chain(&e)));
+        eprintln!("{name} ISO install took {:?}", started.elapsed());
+        let file = &artifact.files[0];
+        assert_eq!(
+            file.sha256,
+            sha256_file(&file.path),
+            "{name}: artifact digest"
+        );
+        let files = installed(&file.path, format, work.path());
+        assert_eq!(
+            files.get("payload.txt").map(String::as_str),
+            Some(payload),
+            "{name}: {files:?}"
+        );
+        assert_eq!(
+            files.get("cd/answers.txt").map(String::as_str),
+            Some("from cd_files\n"),
+            "{name}: {files:?}"
+        );
+        assert_eq!(
+            files.get("cd/nested/note.txt").map(String::as_str),
+            Some("from cd_content\n"),
+            "{name}: {files:?}"
+        );
+        assert_eq!(
+            files.get("firmware").map(|s| s.trim()),
+            Some(firmware),
+            "{name}: {files:?}"
+        );
+        assert!(
+            qemu_processes(&format!("{name}.{format}")).is_empty(),
+            "QEMU left running"
+        );
+        let port = port
+            .lock()
+            .unwrap()
+            .expect("the HTTP server's port was reported");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "the HTTP server still listens on {port}"
+        );
+        assert_eq!(
+            new_runtime_dirs(&dirs_before),
+            Vec::<PathBuf>::new(),
+            "runtime directory left"
+        );
     }
 }

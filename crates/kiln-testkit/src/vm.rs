@@ -24,12 +24,43 @@ pub fn vm_tests_enabled() -> bool {
 /// Builds (or finds in the cache) the base disk with `REPO/vm-tests/base-image.sh` and returns
 /// its path.
 pub fn base_image(repo: &Path) -> PathBuf {
-    let out = std::process::Command::new(repo.join("vm-tests/base-image.sh"))
+    cached_by_script(repo, "vm-tests/base-image.sh")
+}
+
+/// Builds (or finds in the cache) the installer ISO of `REPO/vm-tests/installer-iso.sh` and
+/// returns its path.
+pub fn installer_iso(repo: &Path) -> PathBuf {
+    cached_by_script(repo, "vm-tests/installer-iso.sh")
+}
+
+fn cached_by_script(repo: &Path, script: &str) -> PathBuf {
+    let out = std::process::Command::new("bash")
+        .arg(repo.join(script))
         .stderr(Stdio::inherit())
         .output()
-        .expect("run vm-tests/base-image.sh");
-    assert!(out.status.success(), "base-image.sh failed");
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(out.status.success(), "{script} failed");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The files (path without `./` → text) of the tar archive at the start of the raw disk image
+/// `raw`: what the installer of `vm-tests/installer-iso.sh` wrote.
+pub fn installed_files(raw: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(raw).unwrap());
+    for entry in archive
+        .entries()
+        .expect("a tar archive at the start of the disk")
+    {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type().is_file() {
+            let path = entry.path().unwrap().display().to_string();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+            files.insert(path.trim_start_matches("./").to_string(), text);
+        }
+    }
+    files
 }
 
 /// A free loopback TCP port.
