@@ -18,6 +18,12 @@ variable "base_checksum" {
   description = "`sha256:...` of the base disk; `none` skips the check."
 }
 
+variable "communicator" {
+  type        = string
+  default     = "ssh"
+  description = "`ssh` (cloud-init injects the build's key and host key) or `qga` (the QEMU guest agent, no network needed)."
+}
+
 variable "accelerator" {
   type        = string
   default     = "auto"
@@ -29,6 +35,7 @@ source "qemu" "hello" {
   iso_url          = var.base_image
   iso_checksum     = var.base_checksum
   accelerator      = var.accelerator
+  communicator     = var.communicator
   memory           = 1024
   ssh_username     = "kiln"
   ssh_timeout      = "10m"

@@ -9,13 +9,37 @@ use kiln_testkit::vm::{
     base_image, boot_and_check, installed_files, installer_iso, vm_tests_enabled,
 };
 
-use crate::fixture::{repo, Kiln};
+use crate::fixture::{repo, Kiln, Run};
 
-#[test]
-fn qemu_hello_example_builds_an_image_that_serves_http() {
-    if !vm_tests_enabled() {
-        return;
+/// QEMU processes whose command line mentions `needle`.
+fn qemu_processes(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains("qemu-system") && text.contains(needle) {
+                found.push(text);
+            }
+        }
     }
+    found
+}
+
+/// The qemu builders' runtime directories in the temp directory `tmp`.
+fn runtime_dirs(tmp: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("kiln-qemu-"))
+        })
+        .collect()
+}
+
+/// Builds `templates/qemu-hello` with `communicator` and checks the image in a fresh VM.
+fn build_and_check_hello(communicator: &str) {
     let base = base_image(&repo());
     let k = Kiln::new();
     let template = repo().join("templates/qemu-hello");
@@ -25,6 +49,8 @@ fn qemu_hello_example_builds_an_image_that_serves_http() {
         &format!("base_image={}", base.display()),
         "-var",
         "accelerator=tcg",
+        "-var",
+        &format!("communicator={communicator}"),
         template.to_str().unwrap(),
     ]);
     run.expect_code(0);
@@ -60,12 +86,101 @@ fn qemu_hello_example_builds_an_image_that_serves_http() {
         ));
     assert!(
         booted.http.starts_with("HTTP/1.1 200 OK\r\n"),
-        "{}",
+        "{communicator}: {}",
         booted.http
     );
-    assert!(booted.http.ends_with(&hello), "{}", booted.http);
+    assert!(
+        booted.http.ends_with(&hello),
+        "{communicator}: {}",
+        booted.http
+    );
     assert_eq!(booted.outputs[0].trim(), "active", "kiln-hello.service");
     assert_eq!(booted.outputs[1], hello, "/srv/hello/hello.txt");
+}
+
+/// The README's main job: the real `file` and `shell` provisioners over SSH.
+#[test]
+fn qemu_hello_example_builds_an_image_that_serves_http() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    build_and_check_hello("ssh");
+}
+
+/// The same template and provisioners through the QEMU guest agent.
+#[test]
+fn qemu_hello_example_builds_through_the_guest_agent() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    build_and_check_hello("qga");
+}
+
+/// A shell provisioner that exits 1 fails `kiln build` with exit code 1, naming the provisioner
+/// and where the template configures it; no QEMU process, runtime directory, output directory
+/// or temporary file is left.
+#[test]
+fn a_failing_provisioner_fails_the_qemu_build_and_leaves_nothing() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let base = base_image(&repo());
+    let k = Kiln::new();
+    let tmp = k.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    k.write(
+        "fails.pkr.hcl",
+        r#"variable "base_image" {
+  type = string
+}
+
+source "qemu" "fails" {
+  disk_image       = true
+  iso_url          = var.base_image
+  iso_checksum     = "none"
+  ssh_username     = "kiln"
+  ssh_timeout      = "10m"
+  vm_name          = "fails-provisioner.qcow2"
+  output_directory = "output/fails"
+}
+
+build {
+  sources = ["source.qemu.fails"]
+
+  provisioner "shell" {
+    inline = ["echo about to fail", "exit 1"]
+  }
+}
+"#,
+    );
+    let run = Run(k
+        .cmd(&[
+            "build",
+            "-var",
+            &format!("base_image={}", base.display()),
+            "fails.pkr.hcl",
+        ])
+        .env("KILN_QEMU_ACCELERATOR", "tcg")
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap());
+    run.expect_code(1);
+    let err = format!("{}{}", run.stdout(), run.stderr());
+    assert!(
+        err.contains("provisioner 1 (shell) at fails.pkr.hcl:18:3"),
+        "{err}"
+    );
+    assert!(err.contains("exited with code 1"), "{err}");
+    assert!(
+        qemu_processes("fails-provisioner.qcow2").is_empty(),
+        "QEMU left running"
+    );
+    assert!(!k.path("output/fails").exists(), "output directory left");
+    assert_eq!(
+        runtime_dirs(&tmp),
+        Vec::<std::path::PathBuf>::new(),
+        "runtime directory left"
+    );
 }
 
 #[test]

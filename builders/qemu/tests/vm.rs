@@ -315,28 +315,6 @@ fn attrs(base: &Path, work: &Path, name: &str, extra: Value) -> Value {
     v
 }
 
-/// The same provisioning through the guest agent instead of SSH.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qga_provisions_the_hello_image() {
-    if !vm_tests_enabled() {
-        return;
-    }
-    let _turn = VM_LOCK.lock().await;
-    std::env::set_var(qemu::ACCELERATOR_ENV, "tcg");
-    let base = base_image(&repo_root());
-    let work = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let artifact = run(
-        attrs(&base, work.path(), "qga", json!({ "communicator": "qga" })),
-        "qga",
-        &InstallHello,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("build failed: {}", chain(&e)));
-    eprintln!("qga build took {:?}", started.elapsed());
-    assert_hello("qga", &artifact.files[0].path, "qcow2").await;
-}
-
 /// `accelerator = "auto"` picks KVM when `/dev/kvm` opens; where KVM hangs guests (as on the
 /// development machines) the build must fail within the stall limit saying to use `tcg`, never
 /// hang.
