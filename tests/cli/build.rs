@@ -422,3 +422,17 @@ fn second_interrupt_hurries() {
     let took = first.elapsed();
     assert!(took < Duration::from_secs(3), "hurrying took {took:?}");
 }
+
+/// Values reach components converted to their options' types at run time too: strings for
+/// `valid_exit_codes` (a `list(number)`) accept the exit code.
+#[test]
+fn option_values_are_converted_when_the_build_runs() {
+    let k = Kiln::new();
+    k.write(
+        "t.pkr.hcl",
+        "source \"null\" \"a\" {\n  communicator = \"none\"\n}\n\n\
+         build {\n  sources = [\"source.null.a\"]\n  provisioner \"shell-local\" {\n    \
+         inline           = [\"exit 3\"]\n    valid_exit_codes = [\"0\", \"3\"]\n  }\n}\n",
+    );
+    k.run(&["build", "t.pkr.hcl"]).expect_code(0);
+}

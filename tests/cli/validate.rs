@@ -112,3 +112,30 @@ fn var_and_var_file_apply_in_command_line_order() {
         r.stdout()
     );
 }
+
+/// Option values are converted to their declared types as Packer's HCL does: a string variable
+/// for a number option is accepted, one that is not a number is an error at its attribute.
+#[test]
+fn option_values_are_converted_to_their_declared_types() {
+    let k = Kiln::new();
+    let template = |port: &str| {
+        format!(
+            "variable \"port\" {{\n  type    = string\n  default = \"{port}\"\n}}\n\n\
+             source \"null\" \"a\" {{\n  communicator = \"ssh\"\n  ssh_host     = \"127.0.0.1\"\n  \
+             ssh_username = \"u\"\n  ssh_password = \"p\"\n  ssh_port     = var.port\n  \
+             ssh_pty      = \"true\"\n}}\n\n\
+             build {{\n  sources = [\"source.null.a\"]\n}}\n"
+        )
+    };
+    k.write("good.pkr.hcl", &template("2222"));
+    let r = k.run(&["validate", "good.pkr.hcl"]);
+    r.expect_code(0);
+
+    k.write("bad.pkr.hcl", &template("twenty-two"));
+    let r = k.run(&["validate", "-color=false", "bad.pkr.hcl"]);
+    r.expect_code(2);
+    let err = r.stderr();
+    assert!(err.contains("invalid value for `ssh_port`"), "{err}");
+    assert!(err.contains("a number is required"), "{err}");
+    assert!(err.contains("bad.pkr.hcl:11:"), "points at ssh_port: {err}");
+}

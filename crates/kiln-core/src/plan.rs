@@ -276,6 +276,54 @@ impl Config {
         serde_json::Value::Object(map)
     }
 
+    /// Converts each attribute to the type its option declares, as Packer's HCL does
+    /// (`ssh_port = "22"` or `ssh_port = var.port` with a string variable becomes the number 22;
+    /// `headless = "true"` a bool; a number given for a string option its decimal text), so that
+    /// components decode typed values. Attributes without a spec, `block`s and nulls are kept
+    /// as they are; a value that cannot be converted is an error at its attribute.
+    pub fn conform(&self, options: &[crate::component::OptionSpec]) -> DecodeResult<Config> {
+        use crate::template::types::Type;
+        let mut diags = Diagnostics::new();
+        let mut out = self.clone();
+        for attr in &mut out.attrs {
+            let Some(spec) = options.iter().find(|o| o.name == attr.key) else {
+                continue;
+            };
+            let ty = match spec.ty {
+                "block" => continue,
+                "duration" => Type::String,
+                written => match written
+                    .parse::<hcl::Expression>()
+                    .map_err(|e| e.to_string())
+                    .and_then(|expr| Type::parse(&expr))
+                {
+                    Ok(ty) => ty,
+                    // A component may describe a type HCL has no name for; its decoder judges.
+                    Err(_) => continue,
+                },
+            };
+            let Ok(value) = serde_json::from_value::<hcl::Value>(attr.value.clone()) else {
+                continue;
+            };
+            match ty.convert(value) {
+                Ok(value) => attr.value = crate::template::eval::to_json(&value),
+                Err(e) => diags.push(
+                    crate::diag::Diagnostic::error(format!(
+                        "invalid value for `{}`: {e}",
+                        attr.key
+                    ))
+                    .at(attr.span)
+                    .with_help(format!("`{}` ({}): {}", spec.name, spec.ty, spec.doc)),
+                ),
+            }
+        }
+        if diags.is_empty() {
+            Ok(out)
+        } else {
+            Err(diags)
+        }
+    }
+
     /// The span of an attribute, or of the whole body when it is absent.
     pub fn span_of(&self, key: &str) -> Span {
         self.attrs

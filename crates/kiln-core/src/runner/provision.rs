@@ -158,7 +158,10 @@ impl Provisioners<'_> {
             .provisioners
             .get(kind_name.as_str())
             .ok_or_else(|| fail(Box::new(ProvisionError::UnknownKind(kind_name.clone()))))?;
-        let provisioner = kind.configure(&config).map_err(|d| fail(Box::new(d)))?;
+        let provisioner = config
+            .conform(kind.options())
+            .and_then(|config| kind.configure(&config))
+            .map_err(|d| fail(Box::new(d)))?;
         let pctx = ProvisionCtx {
             build: ctx,
             comm,

@@ -251,7 +251,10 @@ impl Shared {
                         .into(),
                 )
             })?;
-        let builder = kind.configure(&config).map_err(BuildError::Config)?;
+        let builder = config
+            .conform(kind.options())
+            .and_then(|config| kind.configure(&config))
+            .map_err(BuildError::Config)?;
         if ctx.cancel.is_cancelled() {
             return Err(BuildError::Cancelled);
         }
@@ -364,7 +367,10 @@ impl Shared {
                         .at(c.span),
                 )))
             })?;
-        let post_processor = kind.configure(&config).map_err(|d| fail(Box::new(d)))?;
+        let post_processor = config
+            .conform(kind.options())
+            .and_then(|config| kind.configure(&config))
+            .map_err(|d| fail(Box::new(d)))?;
         tokio::select! {
             biased;
             _ = ctx.cancel.cancel.cancelled() => Err(BuildError::Cancelled),

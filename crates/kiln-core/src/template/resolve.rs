@@ -447,7 +447,10 @@ impl<'a> Resolver<'a, '_> {
             let mut diags = Diagnostics::new();
             let config = eval.body(&known, &source.ty, &mut diags);
             if diags.is_empty() {
-                if let Err(e) = kind.configure(&config) {
+                if let Err(e) = config
+                    .conform(kind.options())
+                    .and_then(|config| kind.configure(&config))
+                {
                     diags.extend(e);
                 }
             }
@@ -631,14 +634,14 @@ impl<'a> Resolver<'a, '_> {
                 let mut diags = Diagnostics::new();
                 let config = eval.body(known.as_ref().unwrap_or(&body), &ty, &mut diags);
                 if known.is_some() && diags.is_empty() {
-                    let configured = match family {
+                    let configured = config.conform(options).and_then(|config| match family {
                         Family::Provisioner => self.registry.provisioners[ty.as_str()]
                             .configure(&config)
                             .map(drop),
                         Family::PostProcessor => self.registry.post_processors[ty.as_str()]
                             .configure(&config)
                             .map(drop),
-                    };
+                    });
                     if let Err(e) = configured {
                         diags.extend(e);
                     }
