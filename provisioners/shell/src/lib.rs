@@ -305,29 +305,41 @@ async fn run_script(
             );
             return Ok(());
         }
+        // Packer leaves the script behind when it fails; the machine may outlive the build (a
+        // `null` builder's host), so remove it while the connection still answers. The
+        // script's failure is the error worth reporting, not a failed clean-up.
+        if !settings.skip_clean && !matches!(failure, ShellError::Disconnected { .. }) {
+            remove_script(comm, path, &mut sink).await.ok();
+        }
         return Err(failure);
     }
 
     if !settings.skip_clean {
-        let rm = RemoteCommand {
-            command: format!("rm -f {}", shell_quote(path)),
-            ..RemoteCommand::default()
-        };
-        let clean_error = |source| ShellError::Clean {
-            what: what.clone(),
-            path: path.clone(),
-            source,
-        };
-        match comm.exec(&rm, &mut sink).await.map_err(clean_error)? {
-            ExitStatus::Code(0) => {}
-            other => {
-                return Err(clean_error(CommError::Remote(format!(
-                    "`rm` ended with {other:?}"
-                ))))
-            }
-        }
+        remove_script(comm, path, &mut sink)
+            .await
+            .map_err(|source| ShellError::Clean {
+                what: what.clone(),
+                path: path.clone(),
+                source,
+            })?;
     }
     Ok(())
+}
+
+/// Removes the uploaded script at `path`.
+async fn remove_script(
+    comm: &dyn Communicator,
+    path: &str,
+    sink: &mut EventOutput<'_>,
+) -> Result<(), CommError> {
+    let rm = RemoteCommand {
+        command: format!("rm -f {}", shell_quote(path)),
+        ..RemoteCommand::default()
+    };
+    match comm.exec(&rm, sink).await? {
+        ExitStatus::Code(0) => Ok(()),
+        other => Err(CommError::Remote(format!("`rm` ended with {other:?}"))),
+    }
 }
 
 /// How long [`connection_lost`] waits for an answer from the machine.

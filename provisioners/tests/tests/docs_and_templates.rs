@@ -93,4 +93,9 @@ async fn ssh_null_template_builds_against_a_host() {
         std::fs::read_to_string(out.path().join("provisioned.txt")).unwrap(),
         "provisioned by existing as root\n"
     );
+    // The template's last provisioner tidies the host it provisioned.
+    assert!(
+        !std::path::Path::new("/tmp/kiln-ssh-null").exists(),
+        "the template left /tmp/kiln-ssh-null behind"
+    );
 }

@@ -226,7 +226,8 @@ async fn a_failing_command_names_the_provisioner_command_and_exit_code() {
     valid_exit_codes = [0, 3]
   }
   provisioner "shell" {
-    inline = ["echo failing; exit 4"]
+    inline      = ["echo failing; exit 4"]
+    remote_path = "{{W}}/failing.sh"
   }
   provisioner "shell" {
     inline = ["touch {{W}}/never"]
@@ -241,6 +242,8 @@ async fn a_failing_command_names_the_provisioner_command_and_exit_code() {
     assert!(error.contains("exited with code 4, expected 0"), "{error}");
     assert!(outputs(&events).contains(&"failing".to_string()));
     assert!(!host.path("never").exists());
+    // The failed script is removed all the same: the machine may outlive the build.
+    assert!(!host.path("failing.sh").exists());
 }
 
 #[tokio::test]
@@ -303,6 +306,7 @@ const GOING_DOWN: &str = r#"
   provisioner "shell" {
     inline            = ["echo going down", "sleep 60"]
     expect_disconnect = true
+    remote_path       = "{{W}}/going-down.sh"
   }
 "#;
 
@@ -371,6 +375,7 @@ async fn start_retry_timeout_bounds_waiting_for_a_machine_that_stays_down() {
   provisioner "shell" {{
     inline            = ["kill -9 $(cat {})", "kill -9 $PPID", "sleep 60"]
     expect_disconnect = true
+    remote_path       = "{{{{W}}}}/kill-sshd.sh"
   }}
   provisioner "shell" {{
     start_retry_timeout = "2s"
@@ -483,7 +488,8 @@ async fn an_unexpected_disconnect_fails() {
     let dir = host.template(
         r#"
   provisioner "shell" {
-    inline = ["kill -9 $PPID; sleep 5"]
+    inline      = ["kill -9 $PPID; sleep 5"]
+    remote_path = "{{W}}/kill-session.sh"
   }
 "#,
     );
@@ -781,8 +787,9 @@ async fn timeout_stops_a_provisioner_that_runs_too_long() {
     let dir = host.template(
         r#"
   provisioner "shell" {
-    timeout = "1s"
-    inline  = ["sleep 30"]
+    timeout     = "1s"
+    inline      = ["sleep 30"]
+    remote_path = "{{W}}/sleep.sh"
   }
 "#,
     );
