@@ -3,14 +3,21 @@
 //!
 //! Uploads are packed with numeric owner `0:0` whatever the local owner is, then given the
 //! requested owner (or the communicator's upload owner, e.g. the container's user) with `chown`.
+//!
+//! A file upload never replaces a directory: a destination that is a directory (or a link to one)
+//! is refused, as `cat > dest` refuses it over SSH, and the engine is told never to put a
+//! non-directory where a directory is (nor the reverse), so a directory created meanwhile is kept
+//! too.
 
 use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
-use bollard::container::LogOutput;
+use bollard::container::{LogOutput, PathStatResponse};
 use bollard::errors::Error as ApiError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::query_parameters::{DownloadFromContainerOptions, UploadToContainerOptions};
+use bollard::query_parameters::{
+    ContainerArchiveInfoOptions, DownloadFromContainerOptions, UploadToContainerOptions,
+};
 use bollard::Docker;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
@@ -22,6 +29,10 @@ use crate::{
 
 /// Bytes buffered between the tar (un)packer thread and the engine connection.
 const PIPE_BUFFER: usize = 256 * 1024;
+
+/// Go's `os.ModeDir` and `os.ModeSymlink`: the engine reports a path's mode as a Go `FileMode`.
+const GO_MODE_DIR: u32 = 1 << 31;
+const GO_MODE_SYMLINK: u32 = 1 << 27;
 
 /// The way into a running container.
 #[derive(Clone)]
@@ -164,7 +175,59 @@ impl DockerCommunicator {
         .await
     }
 
-    /// Streams the tar that `pack` writes into the container, unpacked at `/`.
+    /// What the engine says is at the container's `path` (`HEAD /containers/{id}/archive`), or
+    /// `None` when nothing is. A symlink is reported as itself, with its resolved target.
+    async fn stat(&self, path: &str) -> Result<Option<PathStatResponse>, CommError> {
+        let options = ContainerArchiveInfoOptions {
+            path: path.to_string(),
+        };
+        match self
+            .docker
+            .get_container_archive_info(&self.container, Some(options))
+            .await
+        {
+            Ok(stat) => Ok(Some(stat)),
+            // No such path, or no such container: the upload that follows says which.
+            Err(ApiError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            // The answer to a HEAD request has no body, so the engine's message is empty.
+            Err(ApiError::DockerResponseServerError {
+                status_code,
+                message,
+            }) if message.is_empty() => Err(CommError::Remote(format!(
+                "the engine cannot inspect `{path}` in the container (HTTP status {status_code})"
+            ))),
+            Err(err) => Err(api_error(err)),
+        }
+    }
+
+    /// Fails when the container's `dest` is a directory or a symlink to one: a file is uploaded
+    /// to the path named, never into a directory there (as over SSH, where `cat > dir` fails).
+    async fn refuse_directory(&self, dest: &str) -> Result<(), CommError> {
+        let is_dir = |stat: &PathStatResponse| stat.file_mode & GO_MODE_DIR != 0;
+        let directory = match self.stat(dest).await? {
+            None => false,
+            Some(link) if link.file_mode & GO_MODE_SYMLINK != 0 && !link.link_target.is_empty() => {
+                self.stat(&link.link_target)
+                    .await?
+                    .is_some_and(|target| is_dir(&target))
+            }
+            Some(stat) => is_dir(&stat),
+        };
+        if directory {
+            Err(CommError::Remote(format!(
+                "`{dest}` is a directory in the container; a file upload needs the path of the \
+                 file to write, e.g. `{}/<name>`",
+                dest.trim_end_matches('/')
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Streams the tar that `pack` writes into the container, unpacked at `/`; the engine refuses
+    /// to replace a directory with a non-directory or the reverse.
     async fn put_archive(
         &self,
         local: &Path,
@@ -182,7 +245,7 @@ impl DockerCommunicator {
         });
         let options = UploadToContainerOptions {
             path: "/".to_string(),
-            no_overwrite_dir_non_dir: None,
+            no_overwrite_dir_non_dir: Some("true".to_string()),
             copy_uidgid: None,
         };
         let sent = self
@@ -262,6 +325,12 @@ impl Communicator for DockerCommunicator {
         opts: &UploadOptions,
     ) -> Result<(), CommError> {
         let name = archive_name(dest)?;
+        if dest.ends_with('/') {
+            return Err(CommError::Remote(format!(
+                "`{dest}` names a directory; a file upload needs the path of the file to write"
+            )));
+        }
+        self.refuse_directory(dest).await?;
         let mode = opts.mode.unwrap_or(0o644);
         let local = match &src {
             UploadSource::File(path) => path.clone(),
@@ -365,28 +434,53 @@ impl Communicator for DockerCommunicator {
                 source,
             })?;
         let root = dest.to_owned();
-        self.get_archive(src, dest, move |mut archive| {
-            // The archive holds `src`'s own name first: strip it, keep what is below.
-            for entry in archive.entries()? {
-                let mut entry = entry?;
-                let path = entry.path()?.into_owned();
-                let rest: PathBuf = path.components().skip(1).collect();
-                if rest.as_os_str().is_empty() {
-                    continue;
-                }
-                if !rest.components().all(|c| matches!(c, Component::Normal(_))) {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("unsafe path `{}` in the archive", path.display()),
-                    ));
-                }
-                entry.set_preserve_permissions(true);
-                entry.unpack(root.join(rest))?;
-            }
-            Ok(())
+        // `dir/.` asks the engine for the directory's contents, named `./...` (as `docker cp
+        // ctr:dir/. dest` does), so that entries unpack inside `dest` as they are named.
+        let contents = format!("{}/.", src.trim_end_matches('/'));
+        self.get_archive(&contents, dest, move |archive| {
+            unpack_inside(archive, &root)
         })
         .await
     }
+}
+
+/// Unpacks every entry of `archive` inside `root` with [`tar::Entry::unpack_in`], failing on an
+/// entry that would land outside it (a `..` component, or a path through a symlink that leads
+/// out). Directories come last, deepest first, so that a read-only one does not stop its
+/// contents (as [`tar::Archive::unpack`] does, which skips unsafe entries without a word).
+fn unpack_inside(
+    mut archive: tar::Archive<&mut dyn std::io::Read>,
+    root: &Path,
+) -> std::io::Result<()> {
+    fn unpack<R: std::io::Read>(entry: &mut tar::Entry<'_, R>, root: &Path) -> std::io::Result<()> {
+        entry.set_preserve_permissions(true);
+        if entry.unpack_in(root)? {
+            Ok(())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "unsafe path `{}` in the archive",
+                    String::from_utf8_lossy(&entry.path_bytes())
+                ),
+            ))
+        }
+    }
+    let root = root.canonicalize()?;
+    let mut directories = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type().is_dir() {
+            directories.push(entry);
+        } else {
+            unpack(&mut entry, &root)?;
+        }
+    }
+    directories.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut directory in directories {
+        unpack(&mut directory, &root)?;
+    }
+    Ok(())
 }
 
 /// Splits output chunks into lines per stream.
@@ -539,6 +633,77 @@ mod tests {
         assert_eq!(archive_name("/a/./b/").unwrap(), PathBuf::from("a/b"));
         assert!(archive_name("/a/../b").is_err());
         assert!(archive_name("relative").is_err());
+    }
+
+    /// A tar of `(name, kind, mode, link target or contents)`, names written as given (the tar
+    /// builder refuses `..`, which is what these tests need).
+    fn raw_tar(entries: &[(&str, tar::EntryType, u32, &str)]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for &(name, kind, mode, data) in entries {
+            let mut header = owned_header(kind, mode, 0);
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            if kind == tar::EntryType::Symlink {
+                header.set_link_name(data).unwrap();
+                header.set_cksum();
+                tar.append(&header, std::io::empty()).unwrap();
+            } else {
+                header.set_size(data.len() as u64);
+                header.set_cksum();
+                tar.append(&header, data.as_bytes()).unwrap();
+            }
+        }
+        tar.into_inner().unwrap()
+    }
+
+    fn unpack_bytes(bytes: &[u8], root: &Path) -> std::io::Result<()> {
+        let mut reader = bytes;
+        unpack_inside(
+            tar::Archive::new(&mut reader as &mut dyn std::io::Read),
+            root,
+        )
+    }
+
+    #[test]
+    fn unpacking_stays_inside_the_destination() {
+        use tar::EntryType::{Directory, Regular, Symlink};
+        let outside = tempfile::tempdir().unwrap();
+        let root = outside.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+
+        let err =
+            unpack_bytes(&raw_tar(&[("../escaped", Regular, 0o644, "x")]), &root).unwrap_err();
+        assert!(
+            err.to_string().contains("unsafe path `../escaped`"),
+            "{err}"
+        );
+        assert!(!outside.path().join("escaped").exists());
+
+        // A link to the outside may be downloaded, but nothing is written through it.
+        let through_link = raw_tar(&[
+            ("out", Symlink, 0o777, outside.path().to_str().unwrap()),
+            ("out/escaped", Regular, 0o644, "x"),
+        ]);
+        assert!(unpack_bytes(&through_link, &root).is_err());
+        assert!(!outside.path().join("escaped").exists());
+
+        // Directories are applied last: a read-only one still gets its contents.
+        let tree = raw_tar(&[
+            ("./", Directory, 0o755, ""),
+            ("./ro/", Directory, 0o555, ""),
+            ("./ro/file", Regular, 0o644, "in ro\n"),
+        ]);
+        let fresh = outside.path().join("fresh");
+        std::fs::create_dir(&fresh).unwrap();
+        unpack_bytes(&tree, &fresh).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(fresh.join("ro/file")).unwrap(),
+            "in ro\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let ro = std::fs::metadata(fresh.join("ro")).unwrap();
+        assert_eq!(ro.permissions().mode() & 0o777, 0o555);
+        // Let the temporary directory be removed.
+        std::fs::set_permissions(fresh.join("ro"), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
     #[test]

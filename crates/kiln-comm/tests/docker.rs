@@ -150,6 +150,130 @@ async fn uploads_keep_mode_and_owner_and_create_parents() {
     );
 }
 
+/// A file uploaded onto a directory is refused and the directory is kept, as over SSH (where
+/// `cat > dir` fails): `upload` writes the path it is given, it never puts the file into a
+/// directory there (callers such as the `file` provisioner name `dir/<name>` themselves).
+#[tokio::test]
+async fn uploads_onto_an_existing_directory_keep_it() {
+    let Some(c) = container().await else { return };
+    stdout(
+        &c.comm,
+        "mkdir -p /srv/dir && echo old > /srv/dir/old.txt && ln -s /srv/dir /srv/link",
+    )
+    .await;
+    let local = tempfile::tempdir().unwrap();
+    let file = local.path().join("new.txt");
+    std::fs::write(&file, "new\n").unwrap();
+    let opts = UploadOptions {
+        mode: Some(0o600),
+        owner: Some("nobody".to_string()),
+    };
+
+    for dest in ["/srv/dir", "/srv/dir/", "/srv/link"] {
+        let err = c
+            .comm
+            .upload(UploadSource::File(file.clone()), dest, &opts)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CommError::Remote(m) if m.contains(&format!("`{dest}`"))),
+            "{dest}: {err:?}"
+        );
+    }
+    assert_eq!(
+        stdout(
+            &c.comm,
+            "stat -c '%F %a %U' /srv/dir; readlink /srv/link; cat /srv/dir/old.txt; \
+             ls -A /srv/dir; ls /srv"
+        )
+        .await,
+        "directory 755 root\n/srv/dir\nold\nold.txt\ndir\nlink\n"
+    );
+
+    // A trailing `/` names a directory even when there is none yet; nothing is created.
+    let err = c
+        .comm
+        .upload(UploadSource::File(file.clone()), "/srv/new/", &opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, CommError::Remote(_)), "{err:?}");
+
+    // Naming the file inside the directory is how to put it there.
+    c.comm
+        .upload(UploadSource::File(file.clone()), "/srv/dir/new.txt", &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        stdout(
+            &c.comm,
+            "ls -A /srv/dir; stat -c '%a %U' /srv/dir/new.txt; cat /srv/dir/new.txt /srv/dir/old.txt"
+        )
+        .await,
+        "new.txt\nold.txt\n600 nobody\nnew\nold\n"
+    );
+}
+
+#[tokio::test]
+async fn bytes_onto_an_existing_directory_fail_and_keep_it() {
+    let Some(c) = container().await else { return };
+    stdout(
+        &c.comm,
+        "mkdir -p /srv/dir && echo old > /srv/dir/old.txt && echo was > /srv/file",
+    )
+    .await;
+    let opts = UploadOptions {
+        mode: None,
+        owner: Some("nobody".to_string()),
+    };
+    let err = c
+        .comm
+        .upload(UploadSource::Bytes(b"new\n".to_vec()), "/srv/dir", &opts)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CommError::Remote(m) if m.contains("`/srv/dir` is a directory")),
+        "{err:?}"
+    );
+    // Nothing changed, owners included.
+    assert_eq!(
+        stdout(
+            &c.comm,
+            "stat -c '%F %U' /srv/dir /srv/dir/old.txt; ls -A /srv/dir; cat /srv/dir/old.txt"
+        )
+        .await,
+        "directory root\nregular file root\nold.txt\nold\n"
+    );
+
+    // A file is still replaced by a file.
+    c.comm
+        .upload(UploadSource::Bytes(b"now\n".to_vec()), "/srv/file", &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        stdout(&c.comm, "stat -c '%U' /srv/file; cat /srv/file").await,
+        "nobody\nnow\n"
+    );
+}
+
+/// The engine is told not to put a directory where a non-directory is (nor the reverse).
+#[tokio::test]
+async fn directories_onto_an_existing_file_fail_and_keep_it() {
+    let Some(c) = container().await else { return };
+    stdout(&c.comm, "mkdir -p /srv && echo was > /srv/file").await;
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("inner.txt"), "inner\n").unwrap();
+    let err = c
+        .comm
+        .upload_dir(src.path(), "/srv/file", &UploadOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, CommError::Remote(_)), "{err:?}");
+    assert_eq!(
+        stdout(&c.comm, "stat -c '%F' /srv/file; cat /srv/file").await,
+        "regular file\nwas\n"
+    );
+}
+
 #[tokio::test]
 async fn directories_round_trip_in_one_stream() {
     let Some(c) = container().await else { return };
@@ -202,6 +326,15 @@ async fn missing_paths_and_stopped_containers_are_reported() {
         "{err:?}"
     );
     assert!(!dest.path().join("x").exists());
+    let err = c
+        .comm
+        .download_dir("/no/such/dir", &dest.path().join("d"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CommError::Remote(m) if m.contains("/no/such/dir")),
+        "{err:?}"
+    );
 
     c.docker
         .kill_container(
