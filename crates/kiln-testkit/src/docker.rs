@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::{mpsc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -56,6 +56,7 @@ fn start_engine() -> Option<Engine> {
     let mut command = Command::new(DOCKERD);
     command.args(["--iptables=false", "--bridge=none"]);
     keep(command, &log);
+    remove_at_exit(log.clone());
     wait_until("dockerd answers `GET /_ping`", &log, ping);
     Some(Engine { log: Some(log) })
 }
@@ -109,12 +110,14 @@ fn start_registry() -> Option<Registry> {
         missing(REGISTRY, "docker-registry");
         return None;
     }
-    // The directory is kept for the process's life: statics are never dropped.
+    // Statics are never dropped: the directory lives as long as the process and is removed when
+    // it exits.
     let dir = tempfile::Builder::new()
         .prefix("kiln-registry-")
         .tempdir()
         .expect("temp dir")
         .keep();
+    remove_at_exit(dir.clone());
     let port = super::free_port();
     let config = dir.join("config.yml");
     std::fs::write(
@@ -146,6 +149,34 @@ fn registry_answers(port: u16) -> bool {
         .and_then(|()| stream.read_to_string(&mut response))
         .is_ok()
         && response.starts_with("HTTP/1.0 200")
+}
+
+/// Files and directories of this process's daemons, removed when the process exits.
+static AT_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes `path` (a file or a directory tree) when the process exits, however the test harness
+/// ends it: `exit(3)` runs `atexit` handlers both when `main` returns and on `process::exit`.
+fn remove_at_exit(path: PathBuf) {
+    static HOOK: Once = Once::new();
+    extern "C" fn remove_all() {
+        let paths = match AT_EXIT.lock() {
+            Ok(paths) => paths,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for path in paths.iter() {
+            if std::fs::remove_dir_all(path).is_err() {
+                std::fs::remove_file(path).ok();
+            }
+        }
+    }
+    AT_EXIT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(path);
+    // SAFETY: atexit(3) registers a plain function; `remove_all` neither unwinds nor exits.
+    HOOK.call_once(|| unsafe {
+        libc::atexit(remove_all);
+    });
 }
 
 /// Starts `command` from a thread that waits for it for the rest of the process's life; the
