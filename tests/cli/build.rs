@@ -57,6 +57,13 @@ fn hello_builds_in_parallel_with_json_events_and_a_manifest() {
     for f in of_type(&events, "build_finished") {
         assert_eq!(f["ok"], true, "{f}");
     }
+    // One artifact per build: the post-processors that hand it on do not announce it again.
+    assert_eq!(
+        of_type(&events, "artifact_produced").len(),
+        2,
+        "{:?}",
+        of_type(&events, "artifact_produced")
+    );
     let run = of_type(&events, "run_finished");
     assert_eq!(run.len(), 1);
     assert_eq!(run[0]["ok"], true);

@@ -284,14 +284,19 @@ impl Shared {
                 );
                 let (output, keep_input) =
                     self.post_process(&label, spec, build, ctx, &input).await?;
+                let handed_on = output == input;
                 if p == 0 {
                     keep_builder_artifact |= keep_input;
                 } else if keep_input {
                     kept.push(input);
                 }
-                ctx.events.emit(EventKind::ArtifactProduced {
-                    artifact: output.clone(),
-                });
+                // A post-processor that hands its input on (manifest, shell-local) produced
+                // nothing new: announcing the same artifact again would only repeat it.
+                if !handed_on {
+                    ctx.events.emit(EventKind::ArtifactProduced {
+                        artifact: output.clone(),
+                    });
+                }
                 input = output;
             }
             kept.push(input);
