@@ -6,6 +6,9 @@
 //! names, from `docker-tag` and `docker-import`) and `RepoDigests` (from `docker-push`), which
 //! the manifest records.
 
+mod credentials;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,6 +29,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
+
+pub use credentials::FindCredentialsError;
+use credentials::{CredentialSources, Found};
 
 /// Adds `docker-tag`, `docker-push`, `docker-save` and `docker-import`.
 pub fn register(registry: &mut Registry) {
@@ -87,6 +93,12 @@ pub enum DockerPostError {
         name: String,
         #[source]
         source: BoxError,
+    },
+    #[error("cannot find credentials for `{registry}`")]
+    Credentials {
+        registry: String,
+        #[source]
+        source: FindCredentialsError,
     },
     #[error("cannot inspect image `{image}`")]
     Inspect {
@@ -341,13 +353,25 @@ impl PostProcessor for Push {
             return Err(DockerPostError::NothingToPush.into());
         }
         let docker = connect().await?;
+        let sources = CredentialSources::from_env();
+        // Each registry's credentials once: a helper may be slow, or ask the user.
+        let mut found: HashMap<String, DockerCredentials> = HashMap::new();
         for name in &names {
             let (repo, tag) = split_name(name);
-            let credentials = self
-                .login
-                .clone()
-                .or_else(|| config_file_credentials(registry_of(repo)))
-                .unwrap_or_default();
+            let credentials = match (&self.login, &sources) {
+                (Some(login), _) => login.clone(),
+                (None, None) => DockerCredentials::default(),
+                (None, Some(sources)) => {
+                    let registry = registry_of(repo);
+                    if let Some(credentials) = found.get(registry) {
+                        credentials.clone()
+                    } else {
+                        let credentials = config_credentials(ctx, sources, registry).await?;
+                        found.insert(registry.to_string(), credentials.clone());
+                        credentials
+                    }
+                }
+            };
             let options = PushImageOptions {
                 tag: Some(tag.to_string()),
                 platform: None,
@@ -397,49 +421,54 @@ impl PostProcessor for Push {
     }
 }
 
+/// The credentials the Docker config file gives for `registry` (none: push anonymously).
+async fn config_credentials(
+    ctx: &BuildCtx,
+    sources: &CredentialSources,
+    registry: &str,
+) -> Result<DockerCredentials, DockerPostError> {
+    let lookup = {
+        let sources = sources.clone();
+        let registry = registry.to_string();
+        // A credential helper is a child process that may take its time.
+        tokio::task::spawn_blocking(move || sources.lookup(&registry))
+    };
+    let found = match lookup.await {
+        Ok(found) => found,
+        // Only a panic: a blocking task is never cancelled while this future waits for it.
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    };
+    let credentials_error = |source| DockerPostError::Credentials {
+        registry: registry.to_string(),
+        source,
+    };
+    match found.map_err(credentials_error)? {
+        Some(Found {
+            credentials,
+            source,
+        }) => {
+            ctx.events.message(
+                Level::Debug,
+                format!("credentials for {registry} from {source}"),
+            );
+            Ok(credentials)
+        }
+        None => {
+            ctx.events.message(
+                Level::Debug,
+                format!("no credentials for {registry}; pushing anonymously"),
+            );
+            Ok(DockerCredentials::default())
+        }
+    }
+}
+
 /// The registry host of a repository name (`docker.io` when it names none).
 fn registry_of(repo: &str) -> &str {
     match repo.split_once('/') {
         Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
         _ => "docker.io",
     }
-}
-
-/// Credentials for `server` from the Docker config file (`$DOCKER_CONFIG/config.json`, else
-/// `~/.docker/config.json`), when it holds a plain `auth` entry for it.
-fn config_file_credentials(server: &str) -> Option<DockerCredentials> {
-    let dir = std::env::var_os("DOCKER_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker")))?;
-    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
-    credentials_from_config(&text, server)
-}
-
-fn credentials_from_config(text: &str, server: &str) -> Option<DockerCredentials> {
-    use base64::Engine as _;
-    let config: Value = serde_json::from_str(text).ok()?;
-    let auths = config.get("auths")?.as_object()?;
-    let entry = auths.iter().find_map(|(key, value)| {
-        let host = key
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        let wanted = host == server || (server == "docker.io" && host == "index.docker.io");
-        wanted.then_some(value)
-    })?;
-    let auth = entry.get("auth")?.as_str()?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(auth)
-        .ok()?;
-    let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-    Some(DockerCredentials {
-        username: Some(user.to_string()),
-        password: Some(password.to_string()),
-        serveraddress: Some(server.to_string()),
-        ..DockerCredentials::default()
-    })
 }
 
 // ---- docker-save ----

@@ -1,4 +1,4 @@
-//! Unit tests of the docker post-processors: names, credentials, configuration and docs.
+//! Unit tests of the docker post-processors: names, configuration and docs (credentials: `credentials/tests.rs`).
 
 use std::path::PathBuf;
 
@@ -27,23 +27,6 @@ fn names_split_into_repository_and_tag() {
         registry_of("registry.example.com/team/app"),
         "registry.example.com"
     );
-}
-
-#[test]
-fn credentials_come_from_the_docker_config_file() {
-    let text = json!({
-        "auths": {
-            "https://index.docker.io/v1/": { "auth": "aHViOnNlY3JldA==" },
-            "127.0.0.1:5000": { "auth": "dXNlcjpwYXNz" }
-        }
-    })
-    .to_string();
-    let local = credentials_from_config(&text, "127.0.0.1:5000").unwrap();
-    assert_eq!(local.username.as_deref(), Some("user"));
-    assert_eq!(local.password.as_deref(), Some("pass"));
-    let hub = credentials_from_config(&text, "docker.io").unwrap();
-    assert_eq!(hub.username.as_deref(), Some("hub"));
-    assert!(credentials_from_config(&text, "other.example.com").is_none());
 }
 
 #[test]
