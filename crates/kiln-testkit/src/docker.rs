@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, Mutex, Once, OnceLock};
+use std::sync::{mpsc, Mutex, Once, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -159,11 +159,11 @@ static AT_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 fn remove_at_exit(path: PathBuf) {
     static HOOK: Once = Once::new();
     extern "C" fn remove_all() {
-        let paths = match AT_EXIT.lock() {
-            Ok(paths) => paths,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        for path in paths.iter() {
+        for path in AT_EXIT
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
             if std::fs::remove_dir_all(path).is_err() {
                 std::fs::remove_file(path).ok();
             }
@@ -171,7 +171,7 @@ fn remove_at_exit(path: PathBuf) {
     }
     AT_EXIT
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(PoisonError::into_inner)
         .push(path);
     // SAFETY: atexit(3) registers a plain function; `remove_all` neither unwinds nor exits.
     HOOK.call_once(|| unsafe {
