@@ -51,10 +51,8 @@ pub(crate) fn load_plan(
     color: bool,
 ) -> Result<BuildPlan, CliError> {
     let loaded = template::load(opts);
-    if loaded.diagnostics.has_errors() {
-        print_diagnostics(&loaded.sources, &loaded.diagnostics, color);
-        return Err(CliError::Reported(Status::Usage));
-    }
+    // Plan even when loading found errors, so one run reports every problem; `plan` stops early
+    // only when a file could not be read or parsed (the model would be missing its blocks).
     let (plan, plan_diags) = template::plan(&loaded, opts, registry);
     // `plan` may repeat the loader's warnings; show each once.
     let mut all = loaded.diagnostics.clone();

@@ -139,3 +139,20 @@ fn option_values_are_converted_to_their_declared_types() {
     assert!(err.contains("a number is required"), "{err}");
     assert!(err.contains("bad.pkr.hcl:11:"), "points at ssh_port: {err}");
 }
+
+#[test]
+fn reports_load_and_plan_errors_in_one_run() {
+    let k = Kiln::new();
+    // `sourcee` is caught while loading the model; the provisioner type only while planning.
+    k.write(
+        "bad.pkr.hcl",
+        "sourcee \"null\" \"b\" {\n}\n\nsource \"null\" \"a\" {\n  communicator = \"none\"\n}\n\nbuild {\n  sources = [\"source.null.a\"]\n  provisioner \"shel\" {\n    inline = [\"true\"]\n  }\n}\n",
+    );
+    let r = k.run(&["validate", "-color=false", "bad.pkr.hcl"]);
+    r.expect_code(2);
+    let err = r.stderr();
+    assert!(err.contains("unknown block `sourcee`"), "{err}");
+    assert!(err.contains("bad.pkr.hcl:1:"), "{err}");
+    assert!(err.contains("shel"), "{err}");
+    assert!(err.contains("bad.pkr.hcl:10:"), "{err}");
+}
