@@ -358,8 +358,6 @@ build {
 /// A second interrupt hurries the cleanup: a process that ignores SIGTERM is killed at once
 /// instead of after the grace period (5 s in `shell-local`).
 #[test]
-#[ignore = "the runner drops a cancelled provisioner (its process group is SIGKILLed at once), \
-            so shell-local's SIGTERM grace and the hurry cannot be observed yet"]
 fn second_interrupt_hurries() {
     use std::io::BufRead;
 

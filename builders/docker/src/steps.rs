@@ -295,6 +295,11 @@ impl Step<State> for Provision<'_> {
         "provision"
     }
 
+    /// The hook returns soon after a cancellation, once the provisioner has stopped its work.
+    fn stops_on_cancel(&self) -> bool {
+        true
+    }
+
     async fn run(&self, state: &mut State, ctx: &BuildCtx) -> Result<(), BoxError> {
         let s = self.settings;
         let id = state.container().to_string();

@@ -294,6 +294,11 @@ impl Step<NullState> for Provision<'_> {
         "provision"
     }
 
+    /// The hook returns soon after a cancellation, once the provisioner has stopped its work.
+    fn stops_on_cancel(&self) -> bool {
+        true
+    }
+
     async fn run(&self, state: &mut NullState, ctx: &BuildCtx) -> Result<(), kiln_core::BoxError> {
         let comm = state
             .comm

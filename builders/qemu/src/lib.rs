@@ -705,9 +705,16 @@ impl Step<State> for Launch<'_> {
         Ok(())
     }
 
-    async fn cleanup(&self, state: &mut State, _: &CleanupCtx<'_>) -> Result<(), BoxError> {
+    async fn cleanup(&self, state: &mut State, cx: &CleanupCtx<'_>) -> Result<(), BoxError> {
         match (&state.vm, state.pid) {
-            (Some(vm), _) => vm.stop(QUIT_GRACE).await,
+            // A hurried build (second Ctrl-C) does not wait for QEMU to quit.
+            (Some(vm), _) => tokio::select! {
+                _ = vm.stop(QUIT_GRACE) => {}
+                _ = cx.build.cancel.hurry.cancelled() => {
+                    vm::kill_group(vm.pid);
+                    vm.wait_exit().await;
+                }
+            },
             (None, Some(pid)) => vm::kill_group(pid),
             (None, None) => {}
         }
@@ -871,6 +878,11 @@ struct Provision<'a> {
 impl Step<State> for Provision<'_> {
     fn name(&self) -> &str {
         "provision"
+    }
+
+    /// The hook returns soon after a cancellation, once the provisioner has stopped its work.
+    fn stops_on_cancel(&self) -> bool {
+        true
     }
 
     async fn run(&self, state: &mut State, ctx: &BuildCtx) -> Result<(), BoxError> {

@@ -125,6 +125,14 @@ pub struct ProvisionCtx<'a> {
 #[async_trait]
 pub trait Provisioner: Send + Sync {
     async fn provision(&self, ctx: &ProvisionCtx<'_>) -> Result<(), crate::BoxError>;
+
+    /// Whether `provision` watches `ctx.build.cancel` and returns soon after a cancellation,
+    /// having stopped its own work gracefully (and at once when the build is hurried). The
+    /// runner then waits for it instead of dropping it, until the build is hurried; a
+    /// provisioner that says `false` is dropped as soon as the build is cancelled.
+    fn stops_on_cancel(&self) -> bool {
+        false
+    }
 }
 
 /// A post-processor type (`manifest`, `shell-local`, ...).

@@ -2,9 +2,13 @@
 //! `qemu-img`): a guard that kills a child's whole process group, and the streaming of its
 //! output lines as `Output` events.
 
+use std::time::Duration;
+
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Child;
 
 use crate::event::{EventSink, OutputStream};
+use crate::runner::Cancel;
 
 /// Kills a process group when dropped, unless disarmed: the last resort when the future that
 /// runs a child is dropped (a timeout, a cancelled build) instead of stopping it itself. Spawn the
@@ -30,6 +34,20 @@ impl GroupGuard {
                 libc::killpg(pgid, signal);
             }
         }
+    }
+
+    /// Stops a cancelled child: SIGTERM to the whole group, then SIGKILL when the build is
+    /// hurried, after `grace`, or once the leader has exited (for members that ignored
+    /// SIGTERM). Returns when the leader has been reaped.
+    pub async fn stop(&self, child: &mut Child, cancel: &Cancel, grace: Duration) {
+        self.signal(libc::SIGTERM);
+        tokio::select! {
+            _ = child.wait() => {}
+            _ = cancel.hurry.cancelled() => {}
+            _ = tokio::time::sleep(grace) => {}
+        }
+        self.signal(libc::SIGKILL);
+        let _ = child.wait().await;
     }
 
     /// The child ended by itself: dropping the guard must not signal a group id that may since

@@ -145,6 +145,11 @@ impl Provisioner for AnsibleProvisioner {
         run(&self.0, ctx.build, ctx.conn).await?;
         Ok(())
     }
+
+    /// The process group gets SIGTERM when the build is cancelled (and SIGKILL when hurried).
+    fn stops_on_cancel(&self) -> bool {
+        true
+    }
 }
 
 /// Where and how Ansible logs in.

@@ -1,17 +1,21 @@
 //! Running `ansible-playbook` and `ansible-galaxy` on the machine running Kiln: each in its own
-//! process group, output lines streamed as `Output` events, the whole group killed when the build
-//! is cancelled or the run is dropped.
+//! process group, output lines streamed as `Output` events, the whole group stopped when the build
+//! is cancelled (SIGTERM, then SIGKILL) and killed when the run is dropped.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
+use std::time::Duration;
 
 use kiln_core::process::{stream_output, GroupGuard};
 use kiln_core::runner::BuildCtx;
 use tokio::process::Command;
 
 use crate::{AnsibleError, TYPE_NAME};
+
+/// How long `ansible-playbook` may take to stop after SIGTERM when the build is cancelled.
+const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// One program to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,8 +62,10 @@ pub(crate) async fn run(ctx: &BuildCtx, invocation: &Invocation) -> Result<(), A
     };
     let status = tokio::select! {
         status = finished => status.map_err(|source| AnsibleError::Output { what: what(), source })?,
-        // `guard` kills the group on the way out.
-        _ = ctx.cancel.cancel.cancelled() => return Err(AnsibleError::Cancelled { what: what() }),
+        _ = ctx.cancel.cancel.cancelled() => {
+            guard.stop(&mut child, &ctx.cancel, KILL_GRACE).await;
+            return Err(AnsibleError::Cancelled { what: what() });
+        }
     };
     guard.disarm();
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use kiln_core::event::Level;
 use kiln_core::process::{stream_output, GroupGuard};
 use kiln_core::runner::BuildCtx;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::config::{Settings, Work};
 use crate::TYPE_NAME;
@@ -211,14 +211,14 @@ async fn run_script(
             streamed.map_err(|source| ShellLocalError::Output { what: what.to_string(), source })?;
         }
         _ = cancel.cancel.cancelled() => {
-            stop_group(&mut child, &guard, ctx).await;
+            guard.stop(&mut child, cancel, KILL_GRACE).await;
             return Err(ShellLocalError::Cancelled { what: what.to_string() });
         }
     }
     let status = tokio::select! {
         status = child.wait() => status,
         _ = cancel.cancel.cancelled() => {
-            stop_group(&mut child, &guard, ctx).await;
+            guard.stop(&mut child, cancel, KILL_GRACE).await;
             return Err(ShellLocalError::Cancelled { what: what.to_string() });
         }
     }
@@ -241,17 +241,4 @@ async fn run_script(
             signal: signal.unwrap_or_default(),
         }),
     }
-}
-
-/// SIGTERM to the whole group, then SIGKILL when hurried, after [`KILL_GRACE`], or once the
-/// leader has exited (for members that ignored SIGTERM).
-async fn stop_group(child: &mut Child, guard: &GroupGuard, ctx: &BuildCtx) {
-    guard.signal(libc::SIGTERM);
-    tokio::select! {
-        _ = child.wait() => {}
-        _ = ctx.cancel.hurry.cancelled() => {}
-        _ = tokio::time::sleep(KILL_GRACE) => {}
-    }
-    guard.signal(libc::SIGKILL);
-    let _ = child.wait().await;
 }

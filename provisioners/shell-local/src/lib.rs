@@ -110,6 +110,11 @@ impl Provisioner for ShellLocalProvisioner {
         exec::run(&self.0, ctx.build, env).await?;
         Ok(())
     }
+
+    /// The process group gets SIGTERM when the build is cancelled (and SIGKILL when hurried).
+    fn stops_on_cancel(&self) -> bool {
+        true
+    }
 }
 
 struct ShellLocalPostProcessorKind;

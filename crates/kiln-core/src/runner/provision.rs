@@ -178,10 +178,16 @@ impl Provisioners<'_> {
                     None => provisioner.provision(&pctx).await,
                 }
             };
+            let mut run = std::pin::pin!(run);
             let result = tokio::select! {
                 biased;
-                _ = ctx.cancel.cancel.cancelled() => return Err(BuildError::Cancelled),
-                r = run => r,
+                _ = ctx.cancel.cancel.cancelled() => {
+                    if provisioner.stops_on_cancel() {
+                        let _ = super::cancel::stopped(run, &ctx.cancel).await;
+                    }
+                    return Err(BuildError::Cancelled);
+                }
+                r = &mut run => r,
             };
             match result {
                 Ok(()) => return Ok(()),

@@ -62,6 +62,15 @@ pub trait Step<S: Send>: Send + Sync {
         Ok(())
     }
 
+    /// Whether `run` watches `ctx.cancel` and returns soon after a cancellation, having stopped
+    /// its own work (a step that runs the provisioners through the [`ProvisionHook`]). The runner
+    /// then waits for it, until the build is hurried, instead of dropping it at once.
+    ///
+    /// [`ProvisionHook`]: crate::component::ProvisionHook
+    fn stops_on_cancel(&self) -> bool {
+        false
+    }
+
     /// What this step left in place, for `-on-error=abort` and failed cleanups.
     fn leftovers(&self, _state: &S) -> Vec<Leftover> {
         Vec::new()
@@ -143,10 +152,16 @@ async fn run_one<S: Send>(
         step: name.to_string(),
     });
     let start = Instant::now();
+    let mut run = std::pin::pin!(step.run(state, ctx));
     let result = tokio::select! {
         biased;
-        _ = ctx.cancel.cancel.cancelled() => Err(BuildError::Cancelled),
-        r = step.run(state, ctx) => r.map_err(|source| BuildError::Step {
+        _ = ctx.cancel.cancel.cancelled() => {
+            if step.stops_on_cancel() {
+                let _ = super::cancel::stopped(run, &ctx.cancel).await;
+            }
+            Err(BuildError::Cancelled)
+        }
+        r = &mut run => r.map_err(|source| BuildError::Step {
             step: name.to_string(),
             source,
         }),
