@@ -53,14 +53,8 @@ pub(crate) fn load_plan(
     let loaded = template::load(opts);
     // Plan even when loading found errors, so one run reports every problem; `plan` stops early
     // only when a file could not be read or parsed (the model would be missing its blocks).
-    let (plan, plan_diags) = template::plan(&loaded, opts, registry);
-    // `plan` may repeat the loader's warnings; show each once.
-    let mut all = loaded.diagnostics.clone();
-    for d in plan_diags.0 {
-        if !all.0.contains(&d) {
-            all.push(d);
-        }
-    }
+    // `plan`'s diagnostics include the loader's, with sensitive values redacted.
+    let (plan, all) = template::plan(&loaded, opts, registry);
     let sources = plan
         .as_ref()
         .map_or_else(|| loaded.sources.clone(), |p| p.sources.clone());

@@ -156,3 +156,55 @@ fn reports_load_and_plan_errors_in_one_run() {
     assert!(err.contains("shel"), "{err}");
     assert!(err.contains("bad.pkr.hcl:10:"), "{err}");
 }
+
+/// No diagnostic shows a sensitive value: not the one that failed to convert (in a var file, so
+/// its snippet line holds it), nor a good one that an option cannot take.
+#[test]
+fn diagnostics_never_show_sensitive_values() {
+    let k = Kiln::new();
+    k.write(
+        "t.pkr.hcl",
+        r#"variable "port" {
+  type      = number
+  sensitive = true
+}
+
+variable "word" {
+  type      = string
+  default   = "correct-horse-battery"
+  sensitive = true
+}
+
+source "null" "a" {
+  communicator = "ssh"
+  ssh_host     = "127.0.0.1"
+  ssh_port     = var.word
+}
+
+build {
+  sources = ["source.null.a"]
+}
+"#,
+    );
+    k.write("t.pkrvars.hcl", "port = \"hunter2-port\"\n");
+    let r = k.run(&[
+        "validate",
+        "-color=false",
+        "-var-file=t.pkrvars.hcl",
+        "t.pkr.hcl",
+    ]);
+    r.expect_code(2);
+    let err = r.stderr();
+    // Both problems are reported, each at its place.
+    assert!(err.contains("variable `port`"), "{err}");
+    assert!(err.contains("t.pkrvars.hcl:1:"), "{err}");
+    assert!(
+        err.contains("port = \"<sensitive>\""),
+        "the snippet hides the value: {err}"
+    );
+    assert!(err.contains("ssh_port"), "{err}");
+    assert!(err.contains("t.pkr.hcl:15:"), "{err}");
+    for secret in ["hunter2", "correct-horse", "battery"] {
+        assert!(!err.contains(secret), "`{secret}` shown: {err}");
+    }
+}

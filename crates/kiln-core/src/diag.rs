@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::event::Redactor;
+
 /// Index of a file in a [`SourceMap`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct FileId(pub u32);
@@ -117,6 +119,10 @@ pub struct Diagnostic {
     pub label: Option<String>,
     /// A hint: "did you mean `memory`?".
     pub help: Option<String>,
+    /// Sensitive values the snippet line may hold: they are shown as `<sensitive>` (see
+    /// [`Diagnostic::redacted`]).
+    #[serde(skip)]
+    pub secrets: Vec<String>,
 }
 
 impl Diagnostic {
@@ -127,6 +133,7 @@ impl Diagnostic {
             span: None,
             label: None,
             help: None,
+            secrets: Vec::new(),
         }
     }
 
@@ -151,6 +158,32 @@ impl Diagnostic {
         self.help = Some(help.into());
         self
     }
+
+    /// This diagnostic with the sensitive values `redactor` knows replaced in its message, label
+    /// and help; its snippet line is redacted too when it is rendered. `sources` tells whether
+    /// the snippet line holds one of them (only then are they kept with the diagnostic).
+    pub fn redacted(mut self, redactor: &Redactor, sources: &SourceMap) -> Self {
+        if redactor.is_empty() {
+            return self;
+        }
+        self.message = redactor.redact(&self.message);
+        self.label = self.label.map(|l| redactor.redact(&l));
+        self.help = self.help.map(|h| redactor.redact(&h));
+        if let Some(line) = self.span.and_then(|span| snippet_line(sources, span)) {
+            let hidden = redactor.values().filter(|v| line.contains(v.as_str()));
+            self.secrets.extend(hidden.cloned());
+        }
+        self
+    }
+}
+
+/// The whole line the start of `span` is on.
+fn snippet_line(sources: &SourceMap, span: Span) -> Option<&str> {
+    let text = &sources.get(span.file)?.text;
+    let start = floor_char(text, span.start.min(text.len()));
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    Some(&text[line_start..line_end])
 }
 
 /// A list of diagnostics gathered in one pass.
@@ -276,6 +309,30 @@ fn render_one(out: &mut String, sources: &SourceMap, d: &Diagnostic, color: bool
     let line_text = text[line_start..line_end].trim_end_matches('\r');
     // Multi-line spans are underlined up to the end of their first line.
     let underline_end = end.min(line_start + line_text.len()).max(start);
+    // The line before, under and after the carets, with any secret it holds redacted.
+    let (before, marked, after) = (
+        &text[line_start..start],
+        &text[start..underline_end],
+        &text[underline_end..line_start + line_text.len()],
+    );
+    let redactor = Redactor::new(d.secrets.iter().cloned());
+    let (before, marked, after) = (
+        redactor.redact(before),
+        redactor.redact(marked),
+        redactor.redact(after),
+    );
+    // A secret across the carets' edges is caught only on the whole line: underline all of it.
+    let (before, marked, after) = {
+        let joined = format!("{before}{marked}{after}");
+        let whole = redactor.redact(&joined);
+        if whole == joined {
+            (before, marked, after)
+        } else {
+            (String::new(), whole, String::new())
+        }
+    };
+    let line_text = format!("{before}{marked}{after}");
+    let mark_col = before.chars().count() + 1;
     let width = line.to_string().len();
     let pad = " ".repeat(width);
     let bar = paint(color, BLUE, "|");
@@ -294,9 +351,9 @@ fn render_one(out: &mut String, sources: &SourceMap, d: &Diagnostic, color: bool
         paint(color, BLUE, &line.to_string()),
         line_text.replace('\t', " ")
     );
-    let carets = text[start..underline_end].chars().count().max(1);
+    let carets = marked.chars().count().max(1);
     let marks = paint(color, code, &"^".repeat(carets));
-    let mut mark_line = format!("{pad} {bar} {}{marks}", " ".repeat(col - 1));
+    let mut mark_line = format!("{pad} {bar} {}{marks}", " ".repeat(mark_col - 1));
     if let Some(label) = &d.label {
         let _ = write!(mark_line, " {}", paint(color, code, label));
     }

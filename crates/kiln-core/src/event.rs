@@ -153,6 +153,11 @@ impl Redactor {
         self.values.is_empty()
     }
 
+    /// The values this redactor replaces, longest first.
+    pub fn values(&self) -> impl Iterator<Item = &String> {
+        self.values.iter()
+    }
+
     /// This redactor with `more` values added.
     pub fn extended(&self, more: impl IntoIterator<Item = String>) -> Redactor {
         Redactor::new(self.values.iter().cloned().chain(more))
@@ -216,6 +221,13 @@ impl EventKind {
             }
             ArtifactProduced { artifact } => {
                 artifact.id = f(&artifact.id);
+                for file in &mut artifact.files {
+                    let path = file.path.to_string_lossy();
+                    let redacted = f(&path);
+                    if redacted != path {
+                        file.path = redacted.into();
+                    }
+                }
                 if let Ok(s) = serde_json::to_string(&artifact.data) {
                     let r = f(&s);
                     if r != s {
@@ -388,6 +400,35 @@ mod tests {
             EventKind::Output { line, .. } => assert_eq!(line, "the <sensitive> is <sensitive>"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn artifacts_are_redacted_id_files_and_data() {
+        let (sink, mut rx) =
+            EventSink::channel(Uuid::nil(), Redactor::new(["tenant-7f3a".to_string()]));
+        let mut data = serde_json::Map::new();
+        data.insert("repo".into(), "registry/tenant-7f3a/app".into());
+        sink.emit(EventKind::ArtifactProduced {
+            artifact: crate::artifact::Artifact {
+                builder_type: "null".into(),
+                id: "image-tenant-7f3a".into(),
+                files: vec![crate::artifact::ArtifactFile {
+                    path: "/out/tenant-7f3a/disk.qcow2".into(),
+                    size: 1,
+                    sha256: String::new(),
+                }],
+                data,
+            },
+        });
+        let EventKind::ArtifactProduced { artifact } = rx.try_recv().unwrap().kind else {
+            panic!("not an artifact event");
+        };
+        assert_eq!(artifact.id, "image-<sensitive>");
+        assert_eq!(
+            artifact.files[0].path,
+            std::path::Path::new("/out/<sensitive>/disk.qcow2")
+        );
+        assert_eq!(artifact.data["repo"], "registry/<sensitive>/app");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use hcl::Value;
 
 use crate::component::{OptionSpec, Registry};
 use crate::diag::{did_you_mean, Diagnostic, Diagnostics, SourceMap, Span};
+use crate::event::Redactor;
 use crate::plan::{
     Build, BuildPlan, ComponentSpec, ConfigBody, PostProcessorSpec, ProvisionerSpec, RawAttr,
     RawBlock, Scope,
@@ -110,12 +111,20 @@ pub fn plan(
             );
         }
     }
-    let diags = dedup(diags);
+    // No diagnostic may show a sensitive value: not in its message, nor in its snippet.
+    sensitive.sort();
+    sensitive.dedup();
+    let redactor = Redactor::new(sensitive.iter().cloned());
+    let diags = Diagnostics(
+        dedup(diags)
+            .0
+            .into_iter()
+            .map(|d| d.redacted(&redactor, sources))
+            .collect(),
+    );
     if diags.has_errors() {
         return (None, diags);
     }
-    sensitive.sort();
-    sensitive.dedup();
     let plan = BuildPlan {
         builds,
         sensitive_values: sensitive,

@@ -189,11 +189,28 @@ fn eval_attr(eval: &Evaluator<'_>, attr: &RawAttr, diags: &mut Diagnostics) -> O
 
 /// Converts a candidate to the variable's type.
 fn typed(var: &Variable, c: &Candidate, diags: &mut Diagnostics) -> Option<Value> {
+    // A sensitive value is never shown, not even the one that failed to convert: the message
+    // leaves it out and the snippet line hides it.
+    let secret: Vec<String> = match (&c.raw, var.sensitive) {
+        (_, false) => Vec::new(),
+        (Raw::Text(text), true) => vec![text.clone()],
+        (Raw::Value(v), true) => {
+            let mut leaves = Vec::new();
+            string_leaves(v, &mut leaves);
+            leaves
+        }
+    };
     let fail = |msg: String, diags: &mut Diagnostics| {
-        let d = Diagnostic::error(format!(
+        let msg = if var.sensitive {
+            "the sensitive value is not a valid ".to_string() + &var.ty.to_string()
+        } else {
+            msg
+        };
+        let mut d = Diagnostic::error(format!(
             "invalid value for variable `{}` (from {}): {msg}",
             var.name, c.origin
         ));
+        d.secrets = secret.clone();
         diags.push(match c.span {
             Some(span) => d.at(span).with_label(format!("expected {}", var.ty)),
             None => d.at(var.span).with_label(format!("declared as {}", var.ty)),
