@@ -567,12 +567,14 @@ fn packer_block(block: &RawBlock, diags: &mut Diagnostics) {
         for a in &plugins.body.attrs {
             diags.push(
                 Diagnostic::warning(format!(
-                    "plugin `{}` is not installed: Kiln's components are built in",
+                    "`required_plugins` entry `{}` is ignored: Kiln's builders, provisioners and \
+                     post-processors are built in, nothing is installed",
                     a.key
                 ))
                 .at(a.key_span)
                 .with_help(
-                    "remove `required_plugins`; `kiln validate` lists unknown component types",
+                    "remove `required_plugins`; a component type Kiln does not have is an error \
+                     where it is used",
                 ),
             );
         }
