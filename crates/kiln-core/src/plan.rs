@@ -382,3 +382,78 @@ pub fn select(
         .filter(|b| !except.iter().any(|(_, m)| matches(m, b)))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::component::OptionSpec;
+
+    const fn opt(name: &'static str, ty: &'static str) -> OptionSpec {
+        OptionSpec {
+            name,
+            ty,
+            required: false,
+            doc: "An option.",
+        }
+    }
+
+    const OPTIONS: &[OptionSpec] = &[
+        opt("port", "number"),
+        opt("headless", "bool"),
+        opt("name", "string"),
+        opt("codes", "list(number)"),
+        opt("labels", "map(string)"),
+        opt("timeout", "duration"),
+        opt("disk", "block"),
+    ];
+
+    #[test]
+    fn conform_converts_values_to_their_option_types() {
+        let config = Config::from_json(
+            "x",
+            serde_json::json!({
+                "port": "22",
+                "headless": "true",
+                "name": 42,
+                "codes": ["0", 2],
+                "labels": {"a": 1, "b": true},
+                "timeout": "5m",
+                "unknown": "kept",
+            }),
+        );
+        let out = config.conform(OPTIONS).expect("converts");
+        assert_eq!(
+            out.to_json(),
+            serde_json::json!({
+                "port": 22,
+                "headless": true,
+                "name": "42",
+                "codes": [0, 2],
+                "labels": {"a": "1", "b": "true"},
+                "timeout": "5m",
+                "unknown": "kept",
+            })
+        );
+    }
+
+    #[test]
+    fn conform_reports_every_value_that_cannot_be_converted_at_its_attribute() {
+        let config = Config::from_json(
+            "x",
+            serde_json::json!({"port": "twenty-two", "name": "ok", "headless": "maybe"}),
+        );
+        let diags = config.conform(OPTIONS).expect_err("two bad values");
+        let spans: Vec<_> = diags.iter().map(|d| d.span.map(|s| s.start)).collect();
+        // `from_json` gives attribute `i` the span starting at `i + 1`: port, name, headless.
+        assert_eq!(spans, [Some(1), Some(3)]);
+        let text: Vec<_> = diags.iter().map(|d| d.message.as_str()).collect();
+        assert!(text[0].starts_with("invalid value for `port`"), "{text:?}");
+        assert!(
+            text[1].starts_with("invalid value for `headless`"),
+            "{text:?}"
+        );
+        assert!(diags
+            .iter()
+            .all(|d| d.help.as_deref().is_some_and(|h| h.contains("An option."))));
+    }
+}
