@@ -218,14 +218,17 @@ impl Asker for StdinAsker {
         }
         eprintln!("==> {build}: build failed: {error}");
         loop {
-            eprint!("==> {build}: [c]leanup or [a]bort? ");
+            eprint!(
+                "==> {build}: [c]lean up and stop, [a]bort without cleanup, or [r]etry the step? "
+            );
             let mut line = String::new();
             match stdin.lock().read_line(&mut line) {
                 Ok(0) | Err(_) => return AskAnswer::Cleanup,
                 Ok(_) => match line.trim().to_ascii_lowercase().as_str() {
                     "c" | "cleanup" => return AskAnswer::Cleanup,
                     "a" | "abort" => return AskAnswer::Abort,
-                    _ => eprintln!("please answer `c` or `a`"),
+                    "r" | "retry" => return AskAnswer::Retry,
+                    _ => eprintln!("please answer `c`, `a` or `r`"),
                 },
             }
         }

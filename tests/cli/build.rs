@@ -2,7 +2,7 @@
 //! once merged): JSON events, parallel builds, the manifest, redaction, interrupts.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -440,4 +440,96 @@ fn option_values_are_converted_when_the_build_runs() {
          inline           = [\"exit 3\"]\n    valid_exit_codes = [\"0\", \"3\"]\n  }\n}\n",
     );
     k.run(&["build", "t.pkr.hcl"]).expect_code(0);
+}
+
+/// A provisioner that fails on its first run only.
+const FAILS_ONCE: &str = r#"
+variable "marker" {
+  type = string
+}
+
+source "null" "r" {
+  communicator = "none"
+}
+
+build {
+  sources = ["source.null.r"]
+
+  provisioner "shell-local" {
+    inline = ["test -e '${var.marker}' || { touch '${var.marker}'; echo first run fails; exit 3; }"]
+  }
+}
+"#;
+
+/// `-on-error=ask` on a real terminal (a pty from util-linux `script`): answering `r` runs the
+/// failed provisioner again, and the build then succeeds.
+#[test]
+fn on_error_ask_on_a_terminal_retries() {
+    use std::io::{Read, Write};
+
+    let k = Kiln::new();
+    k.write("r.pkr.hcl", FAILS_ONCE);
+    let marker = k.path("ran-once");
+    let mut child = Command::new("script")
+        .args([
+            "-qefc",
+            "\"$KILN\" build -color=false -on-error=ask -var \"marker=$MARKER\" r.pkr.hcl",
+            "/dev/null",
+        ])
+        .current_dir(k.dir.path())
+        .env("KILN", env!("CARGO_BIN_EXE_kiln"))
+        .env("MARKER", &marker)
+        .env("SHELL", "/bin/sh")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("util-linux `script`");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, chunks) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut read_until = |text: &str, seen: &mut String| {
+        while !seen.contains(text) {
+            let chunk = chunks
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no `{text}` on the terminal; it shows: {seen}"));
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    read_until("[r]etry the step? ", &mut seen);
+    assert!(
+        seen.contains("exit code 3") || seen.contains("exited with code 3"),
+        "{seen}"
+    );
+    stdin.write_all(b"r\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "kiln did not finish: {seen}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    while let Ok(chunk) = chunks.recv_timeout(Duration::from_secs(1)) {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        seen.contains("retrying provisioner 1 (shell-local)"),
+        "{seen}"
+    );
+    assert_eq!(status.code(), Some(0), "{seen}");
+    assert_eq!(
+        seen.matches("[r]etry the step?").count(),
+        1,
+        "asked once: {seen}"
+    );
 }

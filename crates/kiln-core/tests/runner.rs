@@ -1094,6 +1094,68 @@ async fn ask_asks_once_per_failure_and_follows_the_answer() {
     }
 }
 
+/// Answers `Retry` to the first `retries` questions, then `Cleanup`.
+struct RetryingAsker {
+    retries: usize,
+    questions: Mutex<Vec<String>>,
+}
+
+impl Asker for RetryingAsker {
+    fn ask(&self, _: &str, error: &str) -> AskAnswer {
+        let mut questions = self.questions.lock().unwrap();
+        questions.push(error.to_string());
+        if questions.len() <= self.retries {
+            AskAnswer::Retry
+        } else {
+            AskAnswer::Cleanup
+        }
+    }
+}
+
+#[tokio::test]
+async fn ask_retry_runs_the_failed_provisioner_again() {
+    // (times the provisioner fails, retries answered, build ok, questions asked)
+    for (fail_times, retries, ok, asked) in [(2, 2, true, 2), (3, 1, false, 2)] {
+        let h = Harness::new();
+        let mut b = h.build("a");
+        b.provisioners = vec![
+            provisioner(vec![("label", "first".into())]),
+            provisioner(vec![
+                ("label", "flaky".into()),
+                ("fail_times", fail_times.into()),
+            ]),
+        ];
+        let asker = Arc::new(RetryingAsker {
+            retries,
+            questions: Mutex::new(Vec::new()),
+        });
+        let opts = RunOptions {
+            on_error: OnError::Ask,
+            asker: Some(asker.clone()),
+            ..RunOptions::default()
+        };
+        let (summary, _) = h.run(&plan(vec![b]), opts).await;
+        assert_eq!(summary.builds[0].ok, ok, "{:?}", summary.builds[0].error);
+        let whats = h.record.whats();
+        // Only the failed provisioner runs again, not the ones before it.
+        assert_eq!(
+            whats.iter().filter(|w| w.starts_with("first")).count(),
+            1,
+            "{whats:?}"
+        );
+        let flaky_runs = whats.iter().filter(|w| w.starts_with("flaky")).count();
+        assert_eq!(flaky_runs, retries + 1, "{whats:?}");
+        let questions = asker.questions.lock().unwrap().clone();
+        assert_eq!(questions.len(), asked, "{questions:?}");
+        assert!(
+            questions[0].contains("attempt 1 of flaky failed"),
+            "{questions:?}"
+        );
+        // Retried or not, the build's resources are released (a cleanup answer cleans up).
+        assert!(!h.work_file("a").exists());
+    }
+}
+
 #[tokio::test]
 async fn unknown_builder_type_is_a_configuration_error() {
     let h = Harness::new();

@@ -45,6 +45,8 @@ pub enum OnError {
 pub enum AskAnswer {
     Cleanup,
     Abort,
+    /// Run the failed step (or provisioner) again; the build may still fail.
+    Retry,
 }
 
 /// Asks the user what to do after a failure (`-on-error=ask`); implemented by the CLI.

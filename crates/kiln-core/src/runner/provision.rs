@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use kiln_comm::Communicator;
 
+use super::steps::asks_retry;
 use super::{error_chain, on_error_answer, AskAnswer, BuildCtx, BuildError, OnError};
 use crate::component::{ConnInfo, ProvisionCtx, ProvisionHook, Registry};
 use crate::diag::SourceMap;
@@ -57,7 +58,20 @@ impl ProvisionHook for Provisioners<'_> {
 
         for (i, spec) in self.build.provisioners.iter().enumerate() {
             let prefix = format!("provisioner {}", i + 1);
-            let Err(err) = self.run_one(&prefix, spec, ctx, conn, comm, &vars).await else {
+            let err = loop {
+                match self.run_one(&prefix, spec, ctx, conn, comm, &vars).await {
+                    Ok(()) => break None,
+                    // `-on-error=ask` answered "retry": this provisioner runs again.
+                    Err(err) if !err.is_cancelled() && asks_retry(ctx, &err).await => {
+                        ctx.events.message(
+                            Level::Warn,
+                            format!("retrying {}", self.describe(&prefix, spec)),
+                        );
+                    }
+                    Err(err) => break Some(err),
+                }
+            };
+            let Some(err) = err else {
                 continue;
             };
             if let Some(cleanup) = &self.build.error_cleanup_provisioner {

@@ -385,7 +385,8 @@ impl Shared {
 }
 
 /// Asks the user at most once per build: the provision hook and the step runner both consult
-/// the `on_error` policy after one failure, and must get the same answer.
+/// the `on_error` policy after one failure, and must get the same answer. `Retry` is not kept:
+/// a retried step that fails again asks again.
 struct AskOnce {
     inner: Arc<dyn Asker>,
     answer: Mutex<Option<AskAnswer>>,
@@ -394,6 +395,13 @@ struct AskOnce {
 impl Asker for AskOnce {
     fn ask(&self, build: &str, error: &str) -> AskAnswer {
         let mut answer = self.answer.lock().unwrap_or_else(|p| p.into_inner());
-        *answer.get_or_insert_with(|| self.inner.ask(build, error))
+        if let Some(kept) = *answer {
+            return kept;
+        }
+        let given = self.inner.ask(build, error);
+        if given != AskAnswer::Retry {
+            *answer = Some(given);
+        }
+        given
     }
 }

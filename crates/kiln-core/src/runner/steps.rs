@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{error_chain, on_error_answer, AskAnswer, BuildCtx, BuildError};
+use super::{error_chain, on_error_answer, AskAnswer, BuildCtx, BuildError, OnError};
 use crate::event::{EventKind, Level};
 
 /// How long each cleanup may take before the runner gives up on it and reports its leftovers.
@@ -109,15 +109,26 @@ async fn run_steps_within<S: Send>(
     // The cleanup stack is `steps[..started]`: a step counts as started before its run begins.
     let mut started = 0;
     let mut outcome = Ok(());
-    for step in steps {
+    'steps: for step in steps {
         if ctx.cancel.is_cancelled() {
             outcome = Err(BuildError::Cancelled);
             break;
         }
         started += 1;
-        if let Err(err) = run_one(*step, state, ctx).await {
-            outcome = Err(err);
-            break;
+        loop {
+            match run_one(*step, state, ctx).await {
+                Ok(()) => break,
+                // `-on-error=ask` answered "retry": run the same step again, its cleanup still
+                // registered once.
+                Err(err) if !err.is_cancelled() && asks_retry(ctx, &err).await => {
+                    ctx.events
+                        .message(Level::Warn, format!("retrying step `{}`", step.name()));
+                }
+                Err(err) => {
+                    outcome = Err(err);
+                    break 'steps;
+                }
+            }
         }
     }
     let stack = &steps[..started];
@@ -125,7 +136,9 @@ async fn run_steps_within<S: Send>(
         return cleanup_all(stack, state, ctx, deadline, false).await;
     };
     match on_error_answer(ctx, &err).await {
-        AskAnswer::Cleanup => {
+        // The run's asker keeps the answer given where the step failed, which is never `Retry`;
+        // an asker that answers `Retry` again gets a cleanup.
+        AskAnswer::Cleanup | AskAnswer::Retry => {
             // The build's error stays the primary one; a cleanup failure on top of it is
             // reported here (besides its `CleanupFinished` and `Leftover` events).
             if let Err(cleanup) = cleanup_all(stack, state, ctx, deadline, true).await {
@@ -140,6 +153,12 @@ async fn run_steps_within<S: Send>(
         }
     }
     Err(err)
+}
+
+/// Whether the user answered `-on-error=ask` with "retry" for `err`. Any other answer is kept by
+/// the build's asker, so the caller's next question gets it without asking again.
+pub(crate) async fn asks_retry(ctx: &BuildCtx, err: &BuildError) -> bool {
+    ctx.on_error == OnError::Ask && on_error_answer(ctx, err).await == AskAnswer::Retry
 }
 
 async fn run_one<S: Send>(
@@ -343,5 +362,83 @@ mod tests {
                 "ssh -p 2222 127.0.0.1".to_string()
             )]
         );
+    }
+
+    /// A step that fails its first `fails` runs, counting runs and cleanups.
+    struct Flaky {
+        fails: u32,
+        runs: Mutex<u32>,
+        cleanups: Mutex<u32>,
+    }
+
+    #[async_trait]
+    impl Step<()> for Flaky {
+        fn name(&self) -> &str {
+            "flaky"
+        }
+        async fn run(&self, _: &mut (), _: &BuildCtx) -> Result<(), crate::BoxError> {
+            let mut runs = self.runs.lock().unwrap();
+            *runs += 1;
+            if *runs <= self.fails {
+                return Err(format!("run {runs} failed").into());
+            }
+            Ok(())
+        }
+        async fn cleanup(&self, _: &mut (), _: &CleanupCtx<'_>) -> Result<(), crate::BoxError> {
+            *self.cleanups.lock().unwrap() += 1;
+            Ok(())
+        }
+    }
+
+    /// Gives the answers in order, recording each question.
+    struct Answers(Mutex<Vec<crate::runner::AskAnswer>>, Mutex<Vec<String>>);
+
+    impl crate::runner::Asker for Answers {
+        fn ask(&self, _: &str, error: &str) -> crate::runner::AskAnswer {
+            self.1.lock().unwrap().push(error.to_string());
+            self.0.lock().unwrap().remove(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn ask_retry_runs_the_failed_step_again() {
+        use crate::runner::AskAnswer::{Cleanup, Retry};
+        for (fails, answers, ok, runs) in [
+            // Two retries, then the step works.
+            (2, vec![Retry, Retry], true, 3),
+            // A retry that fails again asks again; "cleanup" then ends the build.
+            (5, vec![Retry, Cleanup, Cleanup], false, 2),
+        ] {
+            let (events, _rx) = EventSink::channel(uuid::Uuid::nil(), Redactor::default());
+            let asker = std::sync::Arc::new(Answers(Mutex::new(answers), Mutex::new(Vec::new())));
+            let ctx = BuildCtx {
+                run_id: uuid::Uuid::nil(),
+                build_name: "null.a".to_string(),
+                source_type: "null".to_string(),
+                source_name: "a".to_string(),
+                events,
+                cancel: Cancel::new(),
+                on_error: OnError::Ask,
+                asker: Some(asker.clone()),
+                template_dir: PathBuf::from("."),
+                force: false,
+            };
+            let flaky = Flaky {
+                fails,
+                runs: Mutex::new(0),
+                cleanups: Mutex::new(0),
+            };
+            let steps: [&dyn Step<()>; 1] = [&flaky];
+            let result = run_steps(&steps, &mut (), &ctx).await;
+            assert_eq!(result.is_ok(), ok, "{result:?}");
+            assert_eq!(*flaky.runs.lock().unwrap(), runs);
+            // Retried or not, the step is cleaned up once.
+            assert_eq!(*flaky.cleanups.lock().unwrap(), 1);
+            let questions = asker.1.lock().unwrap().clone();
+            assert_eq!(
+                questions[0], "step `flaky` failed: run 1 failed",
+                "{questions:?}"
+            );
+        }
     }
 }
