@@ -277,6 +277,26 @@ mod tests {
     use crate::event::{EventSink, Redactor};
     use crate::runner::{Cancel, OnError};
 
+    /// The context of a build `null.a`.
+    fn test_ctx(
+        events: EventSink,
+        on_error: OnError,
+        asker: Option<std::sync::Arc<dyn crate::runner::Asker>>,
+    ) -> BuildCtx {
+        BuildCtx {
+            run_id: uuid::Uuid::nil(),
+            build_name: "null.a".to_string(),
+            source_type: "null".to_string(),
+            source_name: "a".to_string(),
+            events,
+            cancel: Cancel::new(),
+            on_error,
+            asker,
+            template_dir: PathBuf::from("."),
+            force: false,
+        }
+    }
+
     /// A step whose cleanup takes `cleanup_takes` and records that it finished.
     struct Slow {
         name: &'static str,
@@ -309,18 +329,7 @@ mod tests {
     async fn overrunning_cleanup_is_reported_and_others_still_run() {
         static FINISHED: Mutex<Vec<&str>> = Mutex::new(Vec::new());
         let (events, mut rx) = EventSink::channel(uuid::Uuid::nil(), Redactor::default());
-        let ctx = BuildCtx {
-            run_id: uuid::Uuid::nil(),
-            build_name: "null.a".to_string(),
-            source_type: "null".to_string(),
-            source_name: "a".to_string(),
-            events,
-            cancel: Cancel::new(),
-            on_error: OnError::Cleanup,
-            asker: None,
-            template_dir: PathBuf::from("."),
-            force: false,
-        };
+        let ctx = test_ctx(events, OnError::Cleanup, None);
         let quick = |name| Slow {
             name,
             cleanup_takes: Duration::ZERO,
@@ -411,18 +420,7 @@ mod tests {
         ] {
             let (events, _rx) = EventSink::channel(uuid::Uuid::nil(), Redactor::default());
             let asker = std::sync::Arc::new(Answers(Mutex::new(answers), Mutex::new(Vec::new())));
-            let ctx = BuildCtx {
-                run_id: uuid::Uuid::nil(),
-                build_name: "null.a".to_string(),
-                source_type: "null".to_string(),
-                source_name: "a".to_string(),
-                events,
-                cancel: Cancel::new(),
-                on_error: OnError::Ask,
-                asker: Some(asker.clone()),
-                template_dir: PathBuf::from("."),
-                force: false,
-            };
+            let ctx = test_ctx(events, OnError::Ask, Some(asker.clone()));
             let flaky = Flaky {
                 fails,
                 runs: Mutex::new(0),
