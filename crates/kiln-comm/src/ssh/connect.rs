@@ -16,6 +16,10 @@ use super::key::{fingerprint, HostKeyInfo, HostKeyPolicy, SshKey};
 /// First pause between attempts; doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// While an attempt waits for the server, another starts this often.
+const STAGGER: Duration = Duration::from_secs(1);
+/// At most this many attempts wait at once.
+const MAX_IN_FLIGHT: usize = 4;
 /// A server that accepted TCP but has not finished the handshake within this time is given up
 /// on and dialled again (a NAT port forward accepts before the machine is up).
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(15);
@@ -219,21 +223,54 @@ pub(crate) struct Session {
 
 /// Connects, retrying until `settings.timeout`. Host-key mismatches fail at once; rejected
 /// logins fail after `handshake_attempts`.
+///
+/// Attempts overlap: while one waits for a banner, another is dialled every [`STAGGER`] (at most
+/// [`MAX_IN_FLIGHT`] at a time), and the first to log in wins. A NAT port forward (QEMU's
+/// user-mode networking) accepts at once and then holds the connection while it retransmits
+/// its SYN to a guest that is still booting, seconds apart; a fresh dial reaches sshd as soon
+/// as it listens, so readiness is seen within about a second.
 pub(crate) async fn connect(
     settings: &Settings,
     policy: &HostKeyPolicy,
 ) -> Result<(Session, HostKeyInfo), ConnectError> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+
     let started = Instant::now();
     let deadline = started + settings.timeout;
     let mut backoff = FIRST_BACKOFF;
     let mut rejections = 0;
     let mut last: Option<AttemptError> = None;
+    let mut in_flight = FuturesUnordered::new();
+    // When the next attempt may start.
+    let mut next = Instant::now();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let error = match attempt(settings, policy, left).await {
-            Ok(done) => return Ok(done),
-            Err(Failure::Fatal(error)) => return Err(error),
-            Err(Failure::Retry(error)) => error,
+        let now = Instant::now();
+        if now >= deadline && in_flight.is_empty() {
+            return Err(ConnectError::TimedOut {
+                target: settings.machine.target(),
+                waited: started.elapsed(),
+                last: last.unwrap_or(AttemptError::NoBanner {
+                    target: settings.machine.target(),
+                    waited: started.elapsed(),
+                }),
+            });
+        }
+        if in_flight.len() < MAX_IN_FLIGHT && now >= next && now < deadline {
+            let left = deadline.saturating_duration_since(now);
+            in_flight.push(attempt(settings, policy, left));
+            next = now + STAGGER;
+        }
+        // Wake to start another attempt, unless no more may start; each attempt ends by the
+        // deadline on its own.
+        let wake = (in_flight.len() < MAX_IN_FLIGHT && now < deadline)
+            .then(|| tokio::time::Instant::from_std(next.min(deadline)));
+        let error = tokio::select! {
+            Some(result) = in_flight.next() => match result {
+                Ok(done) => return Ok(done),
+                Err(Failure::Fatal(error)) => return Err(error),
+                Err(Failure::Retry(error)) => error,
+            },
+            _ = sleep_until_some(wake), if wake.is_some() => continue,
         };
         if let AttemptError::AuthRejected { target, user, .. } = &error {
             rejections += 1;
@@ -250,7 +287,7 @@ pub(crate) async fn connect(
             Some(before) if error.cut_short() => before,
             _ => error,
         };
-        if Instant::now() + backoff >= deadline {
+        if in_flight.is_empty() && Instant::now() + backoff >= deadline {
             return Err(ConnectError::TimedOut {
                 target: settings.machine.target(),
                 waited: started.elapsed(),
@@ -258,8 +295,15 @@ pub(crate) async fn connect(
             });
         }
         last = Some(reason);
-        tokio::time::sleep(backoff).await;
+        // A failed attempt (refused, reset) is followed by the next one after the backoff.
+        next = next.min(Instant::now() + backoff);
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
     }
 }
 
