@@ -34,9 +34,14 @@ cargo test --workspace --locked --no-fail-fast -- --test-threads=2 2>&1 | tee "$
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, i }' "$log"
 
-# Nothing a test or a build made may outlive the suite: no VM, no container, no temporary file.
+# Nothing a test or a build made may outlive the suite: no VM, no sshd, no container, no temporary
+# file.
 leftovers=$(
   pgrep -a qemu-system || true
+  # The test harness's sshd (its config lives in a kiln-sshd-* directory) and ssh connection
+  # masters (ansible's ControlPersist) must be gone too.
+  pgrep -af 'sshd .*kiln-sshd-' || true
+  pgrep -af 'ssh: .*\[mux\]' || true
   comm -13 <(echo "$containers_before") <(containers) | sed 's/^/container /'
   find /tmp /var/tmp -mindepth 1 -maxdepth 1 -newer "$marker" \
     \( -name 'kiln*' -o -name 'script_*' -o -name '.tmp*' -o -name 'tmp*' \) \

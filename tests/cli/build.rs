@@ -461,67 +461,112 @@ build {
 }
 "#;
 
-/// `-on-error=ask` on a real terminal (a pty from util-linux `script`): answering `r` runs the
-/// failed provisioner again, and the build then succeeds.
+/// `kiln` on a real terminal: a pty from util-linux `script`, whose input we write and whose
+/// screen we read.
+struct Terminal {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
+    /// Everything shown so far.
+    seen: String,
+}
+
+impl Terminal {
+    /// Runs `kiln ARGS` in `k`'s directory; `args` is shell text, `$VAR`s taken from `env`.
+    fn start(k: &Kiln, args: &str, env: &[(&str, &Path)]) -> Terminal {
+        use std::io::Read;
+        let mut command = Command::new("script");
+        command
+            .args(["-qefc", &format!("\"$KILN\" {args}"), "/dev/null"])
+            .current_dir(k.dir.path())
+            .env("KILN", env!("CARGO_BIN_EXE_kiln"))
+            .env("SHELL", "/bin/sh")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("util-linux `script`");
+        let input = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, chunks) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Terminal {
+            child,
+            input,
+            chunks,
+            seen: String::new(),
+        }
+    }
+
+    /// Reads the screen until it shows `text`.
+    fn read_until(&mut self, text: &str) {
+        while !self.seen.contains(text) {
+            let chunk = self
+                .chunks
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no `{text}` on the terminal; it shows: {}", self.seen));
+            self.seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        self.input
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+    }
+
+    /// Waits for kiln to exit and reads the rest of the screen.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kiln did not finish: {}",
+                self.seen
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(chunk) = self.chunks.recv_timeout(Duration::from_secs(1)) {
+            self.seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        status
+    }
+}
+
+/// `-on-error=ask` on a real terminal: answering `r` runs the failed provisioner again, and the
+/// build then succeeds.
 #[test]
 fn on_error_ask_on_a_terminal_retries() {
-    use std::io::{Read, Write};
-
     let k = Kiln::new();
     k.write("r.pkr.hcl", FAILS_ONCE);
     let marker = k.path("ran-once");
-    let mut child = Command::new("script")
-        .args([
-            "-qefc",
-            "\"$KILN\" build -color=false -on-error=ask -var \"marker=$MARKER\" r.pkr.hcl",
-            "/dev/null",
-        ])
-        .current_dir(k.dir.path())
-        .env("KILN", env!("CARGO_BIN_EXE_kiln"))
-        .env("MARKER", &marker)
-        .env("SHELL", "/bin/sh")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("util-linux `script`");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, chunks) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = String::new();
-    let mut read_until = |text: &str, seen: &mut String| {
-        while !seen.contains(text) {
-            let chunk = chunks
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("no `{text}` on the terminal; it shows: {seen}"));
-            seen.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    };
-    read_until("[r]etry the step? ", &mut seen);
-    assert!(
-        seen.contains("exit code 3") || seen.contains("exited with code 3"),
-        "{seen}"
+    let mut t = Terminal::start(
+        &k,
+        "build -color=false -on-error=ask -var \"marker=$MARKER\" r.pkr.hcl",
+        &[("MARKER", &marker)],
     );
-    stdin.write_all(b"r\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "kiln did not finish: {seen}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    while let Ok(chunk) = chunks.recv_timeout(Duration::from_secs(1)) {
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    t.read_until("[r]etry the step? ");
+    assert!(
+        t.seen.contains("exit code 3") || t.seen.contains("exited with code 3"),
+        "{}",
+        t.seen
+    );
+    t.type_line("r");
+    let status = t.wait();
+    let seen = &t.seen;
     assert!(
         seen.contains("retrying provisioner 1 (shell-local)"),
         "{seen}"
@@ -532,4 +577,93 @@ fn on_error_ask_on_a_terminal_retries() {
         1,
         "asked once: {seen}"
     );
+}
+
+const BREAKPOINT: &str = r#"
+variable "marker" {
+  type = string
+}
+
+source "null" "b" {
+  communicator = "none"
+}
+
+build {
+  sources = ["source.null.b"]
+
+  provisioner "breakpoint" {
+    note = "check the machine"
+  }
+
+  provisioner "shell-local" {
+    inline = ["touch '${var.marker}'"]
+  }
+}
+"#;
+
+/// On a terminal, `breakpoint` pauses the build until Enter.
+#[test]
+fn breakpoint_pauses_until_enter_on_a_terminal() {
+    let k = Kiln::new();
+    k.write("b.pkr.hcl", BREAKPOINT);
+    let marker = k.path("after-breakpoint");
+    let mut t = Terminal::start(
+        &k,
+        "build -color=false -var \"marker=$MARKER\" b.pkr.hcl",
+        &[("MARKER", &marker)],
+    );
+    t.read_until("paused at breakpoint: check the machine; press Enter to continue");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!marker.exists(), "the build went on past the breakpoint");
+    assert!(
+        t.child.try_wait().unwrap().is_none(),
+        "kiln exited: {}",
+        t.seen
+    );
+    t.type_line("");
+    let status = t.wait();
+    assert_eq!(status.code(), Some(0), "{}", t.seen);
+    assert!(
+        marker.exists(),
+        "the provisioner after the breakpoint did not run: {}",
+        t.seen
+    );
+}
+
+/// Provisioners that work on the machine fail at once under `communicator = "none"`, naming the
+/// provisioner, its place and what the communicator cannot do.
+#[test]
+fn the_none_communicator_refuses_machine_provisioners() {
+    for (provisioner, error) in [
+        (
+            "provisioner \"shell\" {\n    inline = [\"true\"]\n  }",
+            "provisioner 1 (shell) at n.pkr.hcl:9:3",
+        ),
+        (
+            "provisioner \"file\" {\n    content     = \"x\"\n    destination = \"/tmp/x\"\n  }",
+            "provisioner 1 (file) at n.pkr.hcl:9:3",
+        ),
+        (
+            "provisioner \"file\" {\n    source      = \"/etc/hostname\"\n    destination = \"got\"\n    direction   = \"download\"\n  }",
+            "provisioner 1 (file) at n.pkr.hcl:9:3",
+        ),
+    ] {
+        let k = Kiln::new();
+        k.write(
+            "n.pkr.hcl",
+            &format!(
+                "source \"null\" \"n\" {{\n  communicator = \"none\"\n}}\n\nbuild {{\n  sources = [\"source.null.n\"]\n\n  # one provisioner\n  {provisioner}\n}}\n"
+            ),
+        );
+        let r = k.run(&["build", "-color=false", "n.pkr.hcl"]);
+        r.expect_code(1);
+        let out = r.stdout() + &r.stderr();
+        assert!(out.contains(error), "{out}");
+        let cannot = if provisioner.contains("download") {
+            "the none communicator cannot download files"
+        } else {
+            "the none communicator cannot upload files"
+        };
+        assert!(out.contains(cannot), "{out}");
+    }
 }

@@ -51,6 +51,9 @@ pub struct ConnInfo {
     pub ssh_host_key: Option<String>,
     /// `build.PackerHTTPAddr`, when the builder serves files to the guest.
     pub http_addr: Option<String>,
+    /// `host:port` of the SSH jump host the communicator tunnels through (`ssh_bastion_host`):
+    /// `host` is then reachable only through it.
+    pub ssh_bastion: Option<String>,
 }
 
 impl ConnInfo {

@@ -77,6 +77,12 @@ pub enum AnsibleError {
          other communicators will be supported later"
     )]
     NotSsh { conn_type: String },
+    #[error(
+        "the machine is reached through the jump host `{bastion}` (`ssh_bastion_host`), which \
+         the ansible provisioner does not support yet: Ansible would connect to the machine \
+         directly"
+    )]
+    Bastion { bastion: String },
     #[error("the builder did not report the machine's {what}, which Ansible needs")]
     MissingConnInfo { what: &'static str },
     #[error("no user to log in as: the builder reported none; set `user`")]
@@ -165,6 +171,11 @@ impl Target {
         if conn.conn_type != "ssh" {
             return Err(AnsibleError::NotSsh {
                 conn_type: conn.conn_type.clone(),
+            });
+        }
+        if let Some(bastion) = &conn.ssh_bastion {
+            return Err(AnsibleError::Bastion {
+                bastion: bastion.clone(),
             });
         }
         let missing = |what| AnsibleError::MissingConnInfo { what };

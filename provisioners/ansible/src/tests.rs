@@ -261,6 +261,18 @@ async fn other_communicators_are_refused_for_now() {
 }
 
 #[tokio::test]
+async fn a_machine_behind_a_jump_host_is_refused_with_the_reason() {
+    let (_dir, pb) = playbook();
+    let conn = ConnInfo {
+        ssh_bastion: Some("192.0.2.10:2222".to_string()),
+        ..ssh_conn()
+    };
+    let err = run_err(json!({ "playbook_file": pb }), conn).await;
+    assert!(err.contains("jump host `192.0.2.10:2222`"), "{err}");
+    assert!(err.contains("ssh_bastion_host"), "{err}");
+}
+
+#[tokio::test]
 async fn missing_connection_facts_are_named() {
     let (_dir, pb) = playbook();
     let attrs = || json!({ "playbook_file": pb });

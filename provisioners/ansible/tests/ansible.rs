@@ -585,3 +585,52 @@ async fn galaxy_installs_roles_into_roles_path_before_the_playbook() {
         "{lines:?}"
     );
 }
+
+const WHOAMI_PLAYBOOK: &str = r#"
+- hosts: all
+  gather_facts: false
+  tasks:
+    - command: id -un
+      register: who
+    - debug:
+        msg: "logged in as {{ who.stdout }}"
+"#;
+
+/// `user` overrides the builder's user: Ansible logs in as it (the harness's sshd accepts the
+/// build's key for every user).
+#[tokio::test]
+async fn user_overrides_the_builders_user() {
+    let sshd = sshd!();
+    const USER: &str = "kiln-ssh-test";
+    if !kiln_testkit::ensure_password_user(USER, "kiln ansible test") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let playbook = write(work.path(), "whoami.yml", WHOAMI_PLAYBOOK);
+    let inventory_dir = tempfile::tempdir().unwrap();
+    let conn = conn(&sshd, Key::File, sshd.host_public_key());
+    assert_eq!(conn.user.as_deref(), Some("root"), "the builder's user");
+    let (result, lines) = run(
+        json!({
+            "playbook_file": playbook,
+            "user": USER,
+            "host_alias": "machine-two",
+            "inventory_directory": inventory_dir.path(),
+            "keep_inventory_file": true,
+        }),
+        &conn,
+    )
+    .await;
+    result.unwrap_or_else(|e| panic!("{e}\noutput:\n{}\nsshd:\n{}", lines.join("\n"), sshd.log()));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("logged in as {USER}"))),
+        "{lines:?}"
+    );
+    let kept = kept_inventory(inventory_dir.path(), "machine-two");
+    assert_eq!(
+        kept.inventory["all"]["hosts"]["machine-two"]["ansible_user"],
+        USER
+    );
+}

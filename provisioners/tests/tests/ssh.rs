@@ -199,6 +199,48 @@ async fn inline_and_script_commands_run_and_are_removed() {
     ));
 }
 
+/// `scripts` run in the order given; `binary = true` uploads a script unchanged (its CRLF stays),
+/// and `remote_folder` + `remote_file` name where it goes (kept with `skip_clean`).
+#[tokio::test]
+async fn scripts_run_in_order_and_binary_keeps_line_endings() {
+    let Some(host) = Host::start() else { return };
+    for (name, text) in [
+        ("one.sh", "#!/bin/sh\necho one >> {{W}}/order\n"),
+        ("two.sh", "#!/bin/sh\necho two >> {{W}}/order\n"),
+        ("crlf.sh", "#!/bin/sh\nexit 0\r\n"),
+    ] {
+        let text = text.replace("{{W}}", &host.work.path().display().to_string());
+        std::fs::write(host.path(name), text).unwrap();
+    }
+    std::fs::create_dir(host.path("remote")).unwrap();
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    scripts = ["{{W}}/two.sh", "{{W}}/one.sh"]
+  }
+  provisioner "shell" {
+    script        = "{{W}}/crlf.sh"
+    binary        = true
+    remote_folder = "{{W}}/remote"
+    remote_file   = "as-is.sh"
+    skip_clean    = true
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    assert_eq!(
+        std::fs::read_to_string(host.path("order")).unwrap(),
+        "two\none\n"
+    );
+    let uploaded = std::fs::read(host.path("remote/as-is.sh")).unwrap();
+    assert!(
+        uploaded.ends_with(b"exit 0\r\n"),
+        "binary keeps CRLF: {:?}",
+        String::from_utf8_lossy(&uploaded)
+    );
+}
+
 #[tokio::test]
 async fn environment_vars_and_env_reach_the_script() {
     let Some(host) = Host::start() else { return };

@@ -190,6 +190,13 @@ mod tests {
         assert_eq!(format!("{config:?}").matches("hunter2").count(), 0);
     }
 
+    #[test]
+    fn ssh_timeout_defaults_to_five_minutes_and_port_to_22() {
+        let config = serde_json_like(r#"{"ssh_username":"root"}"#);
+        assert_eq!(config.ssh_timeout, Duration::from_secs(5 * 60));
+        assert_eq!(config.ssh_port, 22);
+    }
+
     fn serde_json_like(text: &str) -> SshConfig {
         serde_json::from_str(text).unwrap()
     }
