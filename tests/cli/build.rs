@@ -667,3 +667,132 @@ fn the_none_communicator_refuses_machine_provisioners() {
         assert!(out.contains(cannot), "{out}");
     }
 }
+
+/// Every meta-argument with `shell-local` (the real-sshd suite covers them with `shell` and
+/// `file`): `only`, `except`, `override`, `pause_before`, `max_retries` and `timeout`.
+const META: &str = r#"
+variable "counter" {
+  type = string
+}
+
+source "null" "a" {
+  communicator = "none"
+}
+
+source "null" "b" {
+  communicator = "none"
+}
+
+build {
+  sources = ["source.null.a", "source.null.b"]
+
+  provisioner "shell-local" {
+    only   = ["null.a"]
+    inline = ["echo only-a-ran"]
+  }
+
+  provisioner "shell-local" {
+    except = ["null.a"]
+    inline = ["echo except-a-ran"]
+  }
+
+  provisioner "shell-local" {
+    inline   = ["echo default-${source.name}"]
+    override = {
+      "null.b" = {
+        inline = ["echo overridden-b"]
+      }
+    }
+  }
+
+  provisioner "shell-local" {
+    pause_before = "300ms"
+    max_retries  = 2
+    inline = [
+      "n=$(cat '${var.counter}-${source.name}' 2>/dev/null || echo 0); n=$((n + 1))",
+      "echo $n > '${var.counter}-${source.name}'",
+      "test $n -ge 3",
+    ]
+  }
+
+  provisioner "shell-local" {
+    only    = ["null.b"]
+    timeout = "500ms"
+    inline  = ["sleep 30"]
+  }
+}
+"#;
+
+#[test]
+fn meta_arguments_work_with_shell_local() {
+    let k = Kiln::new();
+    k.write("m.pkr.hcl", META);
+    let counter = k.path("count");
+    let var = format!("counter={}", counter.display());
+    let started = Instant::now();
+    let r = k.run(&["build", "--json", "-var", &var, "m.pkr.hcl"]);
+    // `timeout` ends the sleep long before it would finish.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    r.expect_code(1);
+    let events: Vec<Value> = r
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lines = |build: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["build"] == build && e["type"] == "output")
+            .map(|e| e["line"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (a, b) = (lines("null.a"), lines("null.b"));
+    assert!(
+        a.contains(&"only-a-ran".into()) && !b.contains(&"only-a-ran".into()),
+        "{a:?} {b:?}"
+    );
+    assert!(
+        b.contains(&"except-a-ran".into()) && !a.contains(&"except-a-ran".into()),
+        "{a:?} {b:?}"
+    );
+    assert!(a.contains(&"default-a".into()), "{a:?}");
+    assert!(
+        b.contains(&"overridden-b".into()) && !b.contains(&"default-b".into()),
+        "{b:?}"
+    );
+    // Two failed attempts, then the third works: on both builds.
+    for name in ["a", "b"] {
+        let n = std::fs::read_to_string(format!("{}-{name}", counter.display())).unwrap();
+        assert_eq!(n.trim(), "3", "attempts on {name}");
+    }
+    let retries = events
+        .iter()
+        .filter(|e| e["type"] == "message" && e["text"].as_str().unwrap().contains("retrying"))
+        .count();
+    assert_eq!(retries, 4, "two retry warnings per build");
+    assert!(events.iter().any(|e| e["type"] == "message"
+        && e["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("pausing 300ms before provisioner ")));
+    let finished = |build: &str| {
+        events
+            .iter()
+            .find(|e| e["build"] == build && e["type"] == "build_finished")
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(finished("null.a")["ok"], true);
+    let b_end = finished("null.b");
+    assert_eq!(b_end["ok"], false);
+    assert!(
+        b_end["error"]
+            .to_string()
+            .contains("did not finish within 500ms"),
+        "{b_end}"
+    );
+}
