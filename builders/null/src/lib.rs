@@ -266,10 +266,7 @@ impl Step<NullState> for Connect<'_> {
             ssh_private_key: private_key.map(Sensitive::new),
             ssh_private_key_file: ssh.ssh_private_key_file.clone(),
             ssh_host_key: Some(key.public_key),
-            ssh_bastion: ssh
-                .ssh_bastion_host
-                .as_ref()
-                .map(|b| format!("{b}:{}", ssh.ssh_bastion_port)),
+            ssh_bastion: ssh.bastion_address(),
             ..ConnInfo::default()
         };
         state.comm = Some(Box::new(comm));

@@ -816,10 +816,7 @@ impl Step<State> for WaitReady<'_> {
                     .join(" ")
             }),
             http_addr: state.http_addr(),
-            ssh_bastion: ssh
-                .ssh_bastion_host
-                .as_ref()
-                .map(|b| format!("{b}:{}", ssh.ssh_bastion_port)),
+            ssh_bastion: ssh.bastion_address(),
         };
         state.comm = Some(Box::new(comm));
         Ok(())

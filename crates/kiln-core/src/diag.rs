@@ -181,9 +181,15 @@ impl Diagnostic {
 fn snippet_line(sources: &SourceMap, span: Span) -> Option<&str> {
     let text = &sources.get(span.file)?.text;
     let start = floor_char(text, span.start.min(text.len()));
-    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let (line_start, line_end) = line_bounds(text, start);
     Some(&text[line_start..line_end])
+}
+
+/// Where the line holding byte `at` of `text` starts and ends (before its `\n`).
+fn line_bounds(text: &str, at: usize) -> (usize, usize) {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    (line_start, line_end)
 }
 
 /// A list of diagnostics gathered in one pass.
@@ -304,8 +310,7 @@ fn render_one(out: &mut String, sources: &SourceMap, d: &Diagnostic, color: bool
     let start = floor_char(text, span.start.min(text.len()));
     let end = floor_char(text, span.end.clamp(start, text.len()));
     let (line, col) = sources.line_col(span.file, start);
-    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let (line_start, line_end) = line_bounds(text, start);
     let line_text = text[line_start..line_end].trim_end_matches('\r');
     // Multi-line spans are underlined up to the end of their first line.
     let underline_end = end.min(line_start + line_text.len()).max(start);

@@ -10,6 +10,10 @@ use tokio::process::Child;
 use crate::event::{EventSink, OutputStream};
 use crate::runner::Cancel;
 
+/// How long a cancelled build's local process group gets between SIGTERM and SIGKILL (unless
+/// the build is hurried first), for [`GroupGuard::stop`].
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Kills a process group when dropped, unless disarmed: the last resort when the future that
 /// runs a child is dropped (a timeout, a cancelled build) instead of stopping it itself. Spawn the
 /// child with `process_group(0)` so that its pid is its group id.
@@ -37,14 +41,14 @@ impl GroupGuard {
     }
 
     /// Stops a cancelled child: SIGTERM to the whole group, then SIGKILL when the build is
-    /// hurried, after `grace`, or once the leader has exited (for members that ignored
+    /// hurried, after [`STOP_GRACE`], or once the leader has exited (for members that ignored
     /// SIGTERM). Returns when the leader has been reaped.
-    pub async fn stop(&self, child: &mut Child, cancel: &Cancel, grace: Duration) {
+    pub async fn stop(&self, child: &mut Child, cancel: &Cancel) {
         self.signal(libc::SIGTERM);
         tokio::select! {
             _ = child.wait() => {}
             _ = cancel.hurry.cancelled() => {}
-            _ = tokio::time::sleep(grace) => {}
+            _ = tokio::time::sleep(STOP_GRACE) => {}
         }
         self.signal(libc::SIGKILL);
         let _ = child.wait().await;

@@ -6,16 +6,12 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
-use std::time::Duration;
 
 use kiln_core::process::{stream_output, GroupGuard};
 use kiln_core::runner::BuildCtx;
 use tokio::process::Command;
 
 use crate::{AnsibleError, TYPE_NAME};
-
-/// How long `ansible-playbook` may take to stop after SIGTERM when the build is cancelled.
-const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// One program to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +59,7 @@ pub(crate) async fn run(ctx: &BuildCtx, invocation: &Invocation) -> Result<(), A
     let status = tokio::select! {
         status = finished => status.map_err(|source| AnsibleError::Output { what: what(), source })?,
         _ = ctx.cancel.cancel.cancelled() => {
-            guard.stop(&mut child, &ctx.cancel, KILL_GRACE).await;
+            guard.stop(&mut child, &ctx.cancel).await;
             return Err(AnsibleError::Cancelled { what: what() });
         }
     };

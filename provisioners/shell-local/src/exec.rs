@@ -7,7 +7,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
 use kiln_core::event::Level;
 use kiln_core::process::{stream_output, GroupGuard};
@@ -25,9 +24,6 @@ pub(crate) static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn spawn_lock() -> std::sync::MutexGuard<'static, ()> {
     SPAWN_LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
-
-/// How long a cancelled process group gets between SIGTERM and SIGKILL (unless hurried).
-const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Why running `shell-local` failed.
 #[derive(Debug, thiserror::Error)]
@@ -211,14 +207,14 @@ async fn run_script(
             streamed.map_err(|source| ShellLocalError::Output { what: what.to_string(), source })?;
         }
         _ = cancel.cancel.cancelled() => {
-            guard.stop(&mut child, cancel, KILL_GRACE).await;
+            guard.stop(&mut child, cancel).await;
             return Err(ShellLocalError::Cancelled { what: what.to_string() });
         }
     }
     let status = tokio::select! {
         status = child.wait() => status,
         _ = cancel.cancel.cancelled() => {
-            guard.stop(&mut child, cancel, KILL_GRACE).await;
+            guard.stop(&mut child, cancel).await;
             return Err(ShellLocalError::Cancelled { what: what.to_string() });
         }
     }

@@ -77,6 +77,14 @@ impl Default for SshConfig {
     }
 }
 
+impl SshConfig {
+    /// `host:port` of the jump host (`ssh_bastion_host`), when there is one.
+    pub fn bastion_address(&self) -> Option<String> {
+        let host = self.ssh_bastion_host.as_ref()?;
+        Some(format!("{host}:{}", self.ssh_bastion_port))
+    }
+}
+
 /// A password: formatting it prints `<sensitive>`.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]

@@ -2,7 +2,6 @@
 //! the work that stops itself (a local process gets SIGTERM, then SIGKILL when hurried).
 
 use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -30,25 +29,37 @@ impl Cancel {
 ///
 /// [`Provisioner::stops_on_cancel`]: crate::component::Provisioner::stops_on_cancel
 /// [`Step::stops_on_cancel`]: super::Step::stops_on_cancel
-pub(crate) const STOP_DEADLINE: Duration = Duration::from_secs(30);
+const STOP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long hurried work may take to kill what it runs before the runner drops it.
-pub(crate) const HURRY_GRACE: Duration = Duration::from_secs(2);
+const HURRY_GRACE: Duration = Duration::from_secs(2);
 
-/// Lets cancelled work that watches `cancel` itself stop its own way: waits for `run` to return,
-/// for at most [`STOP_DEADLINE`], and for at most [`HURRY_GRACE`] once `cancel` is hurried.
-/// `None` when it did not return in time (the caller then drops it).
-pub(crate) async fn stopped<F: Future>(mut run: Pin<&mut F>, cancel: &Cancel) -> Option<F::Output> {
-    let waited = tokio::time::timeout(STOP_DEADLINE, async {
-        tokio::select! {
-            r = &mut run => Some(r),
-            _ = cancel.hurry.cancelled() => None,
+/// Runs `run` to its end, or returns `None` once `cancel` is cancelled. Work that
+/// `stops_on_cancel` (it watches `cancel` itself) is then let stop its own way: it is waited for,
+/// for at most [`STOP_DEADLINE`], and for at most [`HURRY_GRACE`] once `cancel` is hurried,
+/// before it is dropped. Any other work is dropped at once.
+pub(crate) async fn unless_cancelled<F: Future>(
+    run: F,
+    stops_on_cancel: bool,
+    cancel: &Cancel,
+) -> Option<F::Output> {
+    let mut run = std::pin::pin!(run);
+    tokio::select! {
+        biased;
+        _ = cancel.cancel.cancelled() => {
+            if stops_on_cancel {
+                let stopping = async {
+                    tokio::select! {
+                        _ = &mut run => true,
+                        _ = cancel.hurry.cancelled() => false,
+                    }
+                };
+                if let Ok(false) = tokio::time::timeout(STOP_DEADLINE, stopping).await {
+                    let _ = tokio::time::timeout(HURRY_GRACE, run).await;
+                }
+            }
+            None
         }
-    })
-    .await;
-    match waited {
-        Ok(Some(r)) => Some(r),
-        Ok(None) => tokio::time::timeout(HURRY_GRACE, run).await.ok(),
-        Err(_) => None,
+        r = &mut run => Some(r),
     }
 }

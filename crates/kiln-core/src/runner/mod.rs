@@ -135,6 +135,13 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
     chain
 }
 
+/// Whether the user answered `-on-error=ask` with "retry" for `err` (never after a
+/// cancellation). Any other answer is kept by the build's asker, so the caller's next question
+/// gets it without asking again.
+pub(crate) async fn asks_retry(ctx: &BuildCtx, err: &BuildError) -> bool {
+    ctx.on_error == OnError::Ask && on_error_answer(ctx, err).await == AskAnswer::Retry
+}
+
 /// What the `on_error` policy says to do after `error`: clean up or leave things in place.
 /// `Ask` asks the build's [`Asker`] (cleanup when there is none), except after a cancellation:
 /// the user already said to stop, so the build cleans up without a question.

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use kiln_comm::Communicator;
 
-use super::steps::asks_retry;
-use super::{error_chain, on_error_answer, AskAnswer, BuildCtx, BuildError, OnError};
+use super::cancel::unless_cancelled;
+use super::{asks_retry, error_chain, on_error_answer, AskAnswer, BuildCtx, BuildError, OnError};
 use crate::component::{ConnInfo, ProvisionCtx, ProvisionHook, Registry};
 use crate::diag::SourceMap;
 use crate::event::{EventKind, Level};
@@ -62,7 +62,7 @@ impl ProvisionHook for Provisioners<'_> {
                 match self.run_one(&prefix, spec, ctx, conn, comm, &vars).await {
                     Ok(()) => break None,
                     // `-on-error=ask` answered "retry": this provisioner runs again.
-                    Err(err) if !err.is_cancelled() && asks_retry(ctx, &err).await => {
+                    Err(err) if asks_retry(ctx, &err).await => {
                         ctx.events.message(
                             Level::Warn,
                             format!("retrying {}", self.describe(&prefix, spec)),
@@ -192,16 +192,9 @@ impl Provisioners<'_> {
                     None => provisioner.provision(&pctx).await,
                 }
             };
-            let mut run = std::pin::pin!(run);
-            let result = tokio::select! {
-                biased;
-                _ = ctx.cancel.cancel.cancelled() => {
-                    if provisioner.stops_on_cancel() {
-                        let _ = super::cancel::stopped(run, &ctx.cancel).await;
-                    }
-                    return Err(BuildError::Cancelled);
-                }
-                r = &mut run => r,
+            let stops = provisioner.stops_on_cancel();
+            let Some(result) = unless_cancelled(run, stops, &ctx.cancel).await else {
+                return Err(BuildError::Cancelled);
             };
             match result {
                 Ok(()) => return Ok(()),

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{error_chain, on_error_answer, AskAnswer, BuildCtx, BuildError, OnError};
+use super::cancel::unless_cancelled;
+use super::{asks_retry, error_chain, on_error_answer, AskAnswer, BuildCtx, BuildError};
 use crate::event::{EventKind, Level};
 
 /// How long each cleanup may take before the runner gives up on it and reports its leftovers.
@@ -120,7 +121,7 @@ async fn run_steps_within<S: Send>(
                 Ok(()) => break,
                 // `-on-error=ask` answered "retry": run the same step again, its cleanup still
                 // registered once.
-                Err(err) if !err.is_cancelled() && asks_retry(ctx, &err).await => {
+                Err(err) if asks_retry(ctx, &err).await => {
                     ctx.events
                         .message(Level::Warn, format!("retrying step `{}`", step.name()));
                 }
@@ -155,12 +156,6 @@ async fn run_steps_within<S: Send>(
     Err(err)
 }
 
-/// Whether the user answered `-on-error=ask` with "retry" for `err`. Any other answer is kept by
-/// the build's asker, so the caller's next question gets it without asking again.
-pub(crate) async fn asks_retry(ctx: &BuildCtx, err: &BuildError) -> bool {
-    ctx.on_error == OnError::Ask && on_error_answer(ctx, err).await == AskAnswer::Retry
-}
-
 async fn run_one<S: Send>(
     step: &dyn Step<S>,
     state: &mut S,
@@ -171,20 +166,14 @@ async fn run_one<S: Send>(
         step: name.to_string(),
     });
     let start = Instant::now();
-    let mut run = std::pin::pin!(step.run(state, ctx));
-    let result = tokio::select! {
-        biased;
-        _ = ctx.cancel.cancel.cancelled() => {
-            if step.stops_on_cancel() {
-                let _ = super::cancel::stopped(run, &ctx.cancel).await;
-            }
-            Err(BuildError::Cancelled)
-        }
-        r = &mut run => r.map_err(|source| BuildError::Step {
-            step: name.to_string(),
-            source,
-        }),
-    };
+    let result =
+        match unless_cancelled(step.run(state, ctx), step.stops_on_cancel(), &ctx.cancel).await {
+            None => Err(BuildError::Cancelled),
+            Some(r) => r.map_err(|source| BuildError::Step {
+                step: name.to_string(),
+                source,
+            }),
+        };
     let error = result.as_ref().err().map(|err| match err {
         BuildError::Step { source, .. } => error_chain(source.as_ref()).join(": "),
         other => error_chain(other).join(": "),
