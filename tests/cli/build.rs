@@ -630,6 +630,42 @@ fn breakpoint_pauses_until_enter_on_a_terminal() {
     );
 }
 
+/// `timeout` and `max_retries` with `breakpoint` on a terminal: nobody presses Enter, so each
+/// attempt times out, the breakpoint pauses again once, and then the build fails.
+#[test]
+fn breakpoint_timeout_and_max_retries_on_a_terminal() {
+    let k = Kiln::new();
+    k.write(
+        "b.pkr.hcl",
+        r#"
+source "null" "b" {
+  communicator = "none"
+}
+
+build {
+  sources = ["source.null.b"]
+
+  provisioner "breakpoint" {
+    note        = "nobody answers"
+    timeout     = "1s"
+    max_retries = 1
+  }
+}
+"#,
+    );
+    let mut t = Terminal::start(&k, "build -color=false b.pkr.hcl", &[]);
+    let status = t.wait();
+    let seen = &t.seen;
+    assert_eq!(status.code(), Some(1), "{seen}");
+    assert_eq!(
+        seen.matches("paused at breakpoint: nobody answers").count(),
+        2,
+        "{seen}"
+    );
+    assert!(seen.contains("(attempt 1 of 2)"), "{seen}");
+    assert!(seen.contains("did not finish within 1s"), "{seen}");
+}
+
 /// Provisioners that work on the machine fail at once under `communicator = "none"`, naming the
 /// provisioner, its place and what the communicator cannot do.
 #[test]

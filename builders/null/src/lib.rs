@@ -93,6 +93,11 @@ const OPTIONS: &[OptionSpec] = &[
         "Private key file for the jump host."
     ),
     opt!(
+        "ssh_bastion_host_key_fingerprint",
+        "string",
+        "Expected host key fingerprint of the jump host."
+    ),
+    opt!(
         "ssh_handshake_attempts",
         "number",
         "How many rejected logins to tolerate."
@@ -244,15 +249,24 @@ impl Step<NullState> for Connect<'_> {
             .await
             .map_err(ConnectError::from)?;
         let key = comm.host_key();
-        if key.trust == HostKeyTrust::FirstUse {
-            ctx.events.message(
-                Level::Info,
-                format!(
-                    "trusting the host key of {host}:{} on first use: {} \
-                     (pin it with `ssh_host_key_fingerprint`)",
-                    ssh.ssh_port, key.fingerprint
-                ),
-            );
+        let machine = format!("{host}:{}", ssh.ssh_port);
+        let bastion = comm.bastion_host_key().zip(ssh.bastion_address());
+        let keys = [(machine, &key, "ssh_host_key_fingerprint")]
+            .into_iter()
+            .chain(bastion.as_ref().map(|(info, address)| {
+                (address.clone(), info, "ssh_bastion_host_key_fingerprint")
+            }));
+        for (address, info, option) in keys {
+            if info.trust == HostKeyTrust::FirstUse {
+                ctx.events.message(
+                    Level::Info,
+                    format!(
+                        "trusting the host key of {address} on first use: {} \
+                         (pin it with `{option}`)",
+                        info.fingerprint
+                    ),
+                );
+            }
         }
         state.conn = ConnInfo {
             conn_type: "ssh".to_string(),

@@ -562,10 +562,108 @@ async fn through_a_bastion() {
     .unwrap_or_else(|e| panic!("{}\nbastion:\n{}", chain(&e), bastion.log()));
     assert_eq!(first_line(&comm, "echo through").await, "through");
     assert_eq!(comm.host_key().fingerprint, target.host_key_fingerprint());
+    let jump = comm
+        .bastion_host_key()
+        .expect("the bastion's key is reported");
+    assert_eq!(jump.fingerprint, bastion.host_key_fingerprint());
+    assert_eq!(jump.trust, HostKeyTrust::FirstUse);
     assert!(
         bastion.log().contains("Accepted publickey for root"),
         "{}",
         bastion.log()
+    );
+}
+
+/// `ssh_bastion_host_key_fingerprint` pins the jump host's key: another key is refused at once,
+/// naming the jump host, and the right one is reported as pinned.
+#[tokio::test]
+async fn a_bastion_with_a_pinned_host_key() {
+    let bastion = sshd!();
+    let target = sshd!();
+    let through = |pin: String| SshConfig {
+        ssh_bastion_host: Some("127.0.0.1".into()),
+        ssh_bastion_port: bastion.port(),
+        ssh_bastion_private_key_file: Some(bastion.client_key()),
+        ssh_bastion_host_key_fingerprint: Some(pin),
+        ..config(&target)
+    };
+    let started = Instant::now();
+    // The target's key is not the bastion's.
+    let error = SshCommunicator::connect(&through(target.host_key_fingerprint()))
+        .await
+        .err()
+        .expect("a wrong bastion key is refused");
+    match &error {
+        ConnectError::HostKeyMismatch {
+            target: who,
+            expected,
+            got,
+        } => {
+            assert_eq!(who, &format!("root@127.0.0.1:{}", bastion.port()));
+            assert_eq!(expected, &target.host_key_fingerprint());
+            assert_eq!(got, &bastion.host_key_fingerprint());
+        }
+        other => panic!("{}", chain(other)),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a mismatch is not retried until ssh_timeout"
+    );
+    assert!(
+        !target.log().contains("Accepted publickey"),
+        "the machine was reached through an unverified bastion"
+    );
+    let comm = SshCommunicator::connect(&through(bastion.host_key_fingerprint()))
+        .await
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    assert_eq!(first_line(&comm, "echo pinned").await, "pinned");
+    assert_eq!(
+        comm.bastion_host_key().map(|k| k.trust),
+        Some(HostKeyTrust::Pinned)
+    );
+}
+
+/// A machine whose SSH port opens late is logged in to soon after it opens: attempts back off to
+/// at most a second, never a fixed multi-second sleep.
+#[tokio::test]
+async fn a_port_that_opens_late_is_reached_promptly() {
+    let port = free_port();
+    // A first server only provides the client key; a second one, accepting that key, starts
+    // late on `port`.
+    let keys = sshd!();
+    let connecting = {
+        let config = SshConfig {
+            ssh_port: port,
+            ..config(&keys)
+        };
+        tokio::spawn(async move {
+            let result = SshCommunicator::connect(&config).await;
+            (result, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !connecting.is_finished(),
+        "connected before the port opened"
+    );
+    let key = std::fs::read_to_string(format!("{}.pub", keys.client_key().display())).unwrap();
+    let late = tokio::task::spawn_blocking(move || {
+        let sshd = Sshd::start_with(SshdOptions {
+            authorized_keys: vec![key.trim().to_owned()],
+            port: Some(port),
+            ..Default::default()
+        })
+        .expect("sshd");
+        (sshd, Instant::now())
+    });
+    let (late, listening) = late.await.unwrap();
+    let (result, connected) = connecting.await.unwrap();
+    let comm = result.unwrap_or_else(|e| panic!("{}\n{}", chain(&e), late.log()));
+    assert_eq!(comm.host_key().fingerprint, late.host_key_fingerprint());
+    let after = connected.saturating_duration_since(listening);
+    assert!(
+        after < Duration::from_secs(3),
+        "logged in {after:?} after the port opened"
     );
 }
 

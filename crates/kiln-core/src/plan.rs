@@ -66,6 +66,9 @@ pub struct ComponentSpec {
 #[derive(Debug, Clone)]
 pub struct ProvisionerSpec {
     pub component: ComponentSpec,
+    /// Its place among the build block's provisioners, from 1, whichever sources it applies to
+    /// (messages name it `provisioner N`).
+    pub position: usize,
     pub pause_before: Option<Duration>,
     pub max_retries: u32,
     pub timeout: Option<Duration>,

@@ -653,6 +653,7 @@ fn component(kind: &str, attrs: Vec<(&str, hcl::Expression)>) -> ComponentSpec {
 fn provisioner(attrs: Vec<(&str, hcl::Expression)>) -> ProvisionerSpec {
     ProvisionerSpec {
         component: component("test-prov", attrs),
+        position: 1,
         pause_before: None,
         max_retries: 0,
         timeout: None,
@@ -807,6 +808,7 @@ async fn provisioner_timeout_fails_the_build_and_names_the_provisioner() {
     let mut spec = provisioner(vec![("label", "slow".into()), ("hang", true.into())]);
     spec.timeout = Some(Duration::from_millis(50));
     spec.component.name = Some("install".to_string());
+    spec.position = 2;
     b.provisioners = vec![provisioner(vec![("label", "quick".into())]), spec];
     let (summary, events) = h.run(&plan(vec![b]), RunOptions::default()).await;
     let error = errors(&summary, 0);

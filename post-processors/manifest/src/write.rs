@@ -1,5 +1,6 @@
 //! Appending a record to a manifest file: under a process-wide lock and an advisory `flock` on
 //! `<output>.lock`, read, append, write a temporary file in the same directory, fsync, rename.
+//! The lock file is removed when the lock is released, so nothing but the manifest is left.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -101,8 +102,29 @@ pub(crate) fn append(path: &Path, record: Value, run_uuid: &str) -> Result<(), M
     })
 }
 
-/// Takes an exclusive `flock` on `<path>.lock`, held until the returned file is dropped.
-fn lock(path: &Path) -> Result<File, ManifestError> {
+/// An exclusive `flock` on `<path>.lock`; dropping it removes the lock file, then releases it.
+struct LockFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        // Removed while still locked: a writer that opened this file meanwhile sees, once it
+        // gets the lock, that the path no longer names it, and starts again (see `lock`).
+        std::fs::remove_file(&self.path).ok();
+        let _ = &self.file;
+    }
+}
+
+/// Takes an exclusive `flock` on `<path>.lock`, held until the returned guard is dropped.
+///
+/// The lock file is created when missing and removed by the holder when it is done. A writer
+/// can open the file just before the holder removes it and then lock a file no longer at the
+/// path; so after locking, the open file must still be the one at the path, or the lock is
+/// taken again on the file now there.
+fn lock(path: &Path) -> Result<LockFile, ManifestError> {
+    use std::os::unix::fs::MetadataExt;
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".lock");
     let lock_path = path.with_file_name(name);
@@ -110,20 +132,39 @@ fn lock(path: &Path) -> Result<File, ManifestError> {
         path: lock_path.clone(),
         source,
     };
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(err)?;
+    loop {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(err)?;
+        flock(&file).map_err(err)?;
+        let held = file.metadata().map_err(err)?;
+        match std::fs::metadata(&lock_path) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
+                return Ok(LockFile {
+                    file,
+                    path: lock_path,
+                })
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err(e)),
+        }
+    }
+}
+
+/// `flock(LOCK_EX)`, waiting, and retried when a signal interrupts it.
+fn flock(file: &File) -> std::io::Result<()> {
     loop {
         // SAFETY: the descriptor is open for the duration of the call.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            return Ok(file);
+            return Ok(());
         }
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err(e));
+            return Err(e);
         }
     }
 }
@@ -144,4 +185,36 @@ fn write_atomically(path: &Path, dir: &Path, doc: &Value) -> std::io::Result<()>
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Holders in several threads (each with its own open file, as separate processes have)
+    /// that keep removing the lock file: the lock still admits one holder at a time, so no
+    /// increment of the shared counter is lost, and no lock file is left.
+    #[test]
+    fn the_lock_admits_one_holder_at_a_time_though_its_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        let counter = dir.path().join("counter");
+        std::fs::write(&counter, "0").unwrap();
+        let (threads, rounds) = (4, 200);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    for _ in 0..rounds {
+                        let _held = lock(&path).unwrap();
+                        let n: u32 = std::fs::read_to_string(&counter).unwrap().parse().unwrap();
+                        std::thread::yield_now();
+                        std::fs::write(&counter, (n + 1).to_string()).unwrap();
+                    }
+                });
+            }
+        });
+        let total: u32 = std::fs::read_to_string(&counter).unwrap().parse().unwrap();
+        assert_eq!(total, threads * rounds);
+        assert!(!dir.path().join("m.json.lock").exists());
+    }
 }

@@ -936,16 +936,7 @@ fn the_ssh_connection_is_closed_after_the_build() {
 #[tokio::test]
 async fn ansible_playbook_runs_through_the_null_builder() {
     let Some(host) = Host::start() else { return };
-    if std::process::Command::new("ansible-playbook")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "ansible-playbook is missing"
-        );
-        eprintln!("note: skipping: ansible-playbook is missing");
+    if !have_ansible() {
         return;
     }
     let user = "kiln-e2e-ansible";
@@ -988,5 +979,219 @@ async fn ansible_playbook_runs_through_the_null_builder() {
     assert_eq!(
         std::fs::read_to_string(host.path("from-ansible")).unwrap(),
         "made by host\n"
+    );
+}
+
+/// Every provisioner of a build, and every transfer, goes over the build's one SSH connection:
+/// sshd accepts a single login.
+#[tokio::test]
+async fn a_build_logs_in_once() {
+    let Some(host) = Host::start() else { return };
+    std::fs::write(host.path("step.sh"), "#!/bin/sh\necho from a script\n").unwrap();
+    std::fs::create_dir(host.path("tree")).unwrap();
+    std::fs::write(host.path("tree/leaf"), "leaf\n").unwrap();
+    let dir = host.template(
+        r#"
+  provisioner "shell" {
+    inline = ["echo one", "echo two"]
+  }
+  provisioner "file" {
+    content     = "up\n"
+    destination = "{{W}}/up"
+  }
+  provisioner "file" {
+    source      = "{{W}}/tree/"
+    destination = "{{W}}/tree-copy"
+  }
+  provisioner "file" {
+    source      = "{{W}}/up"
+    destination = "{{W}}/down"
+    direction   = "download"
+  }
+  provisioner "shell" {
+    script = "{{W}}/step.sh"
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    assert_eq!(outputs(&events), ["one", "two", "from a script"]);
+    assert_eq!(std::fs::read_to_string(host.path("down")).unwrap(), "up\n");
+    assert_eq!(
+        std::fs::read_to_string(host.path("tree-copy/leaf")).unwrap(),
+        "leaf\n"
+    );
+    let log = host.sshd.log();
+    assert_eq!(log.matches("Accepted publickey").count(), 1, "{log}");
+}
+
+/// Whether `ansible-playbook` runs here; panics under `CI`, which must not skip.
+fn have_ansible() -> bool {
+    let found = std::process::Command::new("ansible-playbook")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ansible-playbook is missing"
+        );
+        eprintln!("note: skipping: ansible-playbook is missing");
+    }
+    found
+}
+
+/// The ssh connection masters (`[mux]`) left for the port `port`.
+fn ssh_masters_for(port: u16) -> Vec<String> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-af", r"ssh: .*\[mux\]"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!(":{port}")) || l.contains(&format!("-{port}")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every meta-argument with `ansible`: `pause_before`, `max_retries` and `override` on both
+/// sources, `except` and `only`, and a `timeout` that stops a playbook (and its ssh) midway.
+#[tokio::test]
+async fn meta_arguments_work_with_ansible() {
+    let Some(host) = Host::start() else { return };
+    if !have_ansible() {
+        return;
+    }
+    let w = host.work.path().display().to_string();
+    let playbook = |name: &str, tasks: &str| {
+        let text = format!("- hosts: all\n  gather_facts: false\n  tasks:\n{tasks}");
+        std::fs::write(host.path(name), text).unwrap();
+    };
+    // Fails on its first run on each source, then records `who`.
+    playbook(
+        "retry.yml",
+        &format!(
+            r#"    - ansible.builtin.shell: |
+        f={w}/count-{{{{ packer_build_name }}}}
+        n=$(cat $f 2>/dev/null || echo 0); n=$((n + 1)); echo $n > $f; test $n -ge 2
+    - ansible.builtin.copy:
+        dest: "{w}/who-{{{{ packer_build_name }}}}"
+        content: "{{{{ who }}}}\n"
+"#
+        ),
+    );
+    playbook(
+        "mark.yml",
+        &format!(
+            "    - ansible.builtin.file:\n        path: \"{w}/except-{{{{ packer_build_name }}}}\"\n        state: touch\n"
+        ),
+    );
+    playbook(
+        "slow.yml",
+        &format!("    - ansible.builtin.shell: touch {w}/slow-started; sleep 60\n"),
+    );
+    let dir = two_sources(
+        &host,
+        r#"
+  provisioner "ansible" {
+    playbook_file   = "{{W}}/retry.yml"
+    pause_before    = "200ms"
+    max_retries     = 1
+    extra_arguments = ["-e", "who=default"]
+    override = {
+      "null.b" = {
+        extra_arguments = ["-e", "who=overridden"]
+      }
+    }
+  }
+  provisioner "ansible" {
+    except        = ["null.b"]
+    playbook_file = "{{W}}/mark.yml"
+  }
+  provisioner "ansible" {
+    only          = ["null.b"]
+    timeout       = "8s"
+    playbook_file = "{{W}}/slow.yml"
+  }
+"#,
+    );
+    let started = Instant::now();
+    let (summary, events) = run(&dir).await;
+    let read = |p: &str| std::fs::read_to_string(host.path(p)).unwrap();
+    for name in ["a", "b"] {
+        assert_eq!(read(&format!("count-{name}")), "2\n", "attempts on {name}");
+    }
+    assert_eq!(read("who-a"), "default\n");
+    assert_eq!(read("who-b"), "overridden\n");
+    assert!(host.path("except-a").exists());
+    assert!(!host.path("except-b").exists());
+    assert!(host.path("slow-started").exists(), "{events:#?}");
+    let by_name = |name: &str| {
+        summary
+            .builds
+            .iter()
+            .find(|b| b.name == name)
+            .unwrap_or_else(|| panic!("no build {name}"))
+    };
+    assert!(by_name("null.a").ok, "{:?}", by_name("null.a"));
+    let b_error = by_name("null.b").error.join(": ");
+    assert!(b_error.contains("did not finish within 8s"), "{b_error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "the timeout did not stop the playbook"
+    );
+    let pauses = messages(&events)
+        .iter()
+        .filter(|m| m.starts_with("pausing 200ms before provisioner 1 (ansible)"))
+        .count();
+    assert_eq!(pauses, 2, "{:?}", messages(&events));
+    assert!(
+        ssh_masters_for(host.sshd.port()).is_empty(),
+        "{:?}",
+        ssh_masters_for(host.sshd.port())
+    );
+}
+
+/// Meta-arguments with `breakpoint` (skipped here: no terminal): `only`, `except`, `override`
+/// of its note, and `pause_before`.
+#[tokio::test]
+async fn meta_arguments_work_with_breakpoint() {
+    let Some(host) = Host::start() else { return };
+    let dir = two_sources(
+        &host,
+        r#"
+  provisioner "breakpoint" {
+    only = ["null.a"]
+    note = "only-a"
+  }
+  provisioner "breakpoint" {
+    except       = ["null.a"]
+    pause_before = "100ms"
+    note         = "default"
+    override = {
+      "null.b" = {
+        note = "overridden-b"
+      }
+    }
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert!(summary.ok(), "{:?}", summary.builds);
+    let messages = messages(&events);
+    let skipped = |note: &str| {
+        messages
+            .iter()
+            .filter(|m| *m == &format!("skipping breakpoint: {note} (stdin is not a terminal)"))
+            .count()
+    };
+    assert_eq!(skipped("only-a"), 1, "{messages:?}");
+    assert_eq!(skipped("overridden-b"), 1, "{messages:?}");
+    assert_eq!(skipped("default"), 0, "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("pausing 100ms before provisioner 2 (breakpoint)")),
+        "{messages:?}"
     );
 }

@@ -42,6 +42,9 @@ pub struct SshConfig {
     pub ssh_bastion_username: Option<String>,
     pub ssh_bastion_password: Option<Secret>,
     pub ssh_bastion_private_key_file: Option<PathBuf>,
+    /// Expected host key fingerprint of the jump host (`SHA256:...`); trusted on first use and
+    /// logged when unset.
+    pub ssh_bastion_host_key_fingerprint: Option<String>,
     /// How many rejected logins to tolerate (a new machine may install its key late).
     pub ssh_handshake_attempts: u32,
     /// A key made by the builder for this build (e.g. injected through cloud-init); tried first.
@@ -70,6 +73,7 @@ impl Default for SshConfig {
             ssh_bastion_username: None,
             ssh_bastion_password: None,
             ssh_bastion_private_key_file: None,
+            ssh_bastion_host_key_fingerprint: None,
             ssh_handshake_attempts: 10,
             ephemeral_key: None,
             known_host_key: None,

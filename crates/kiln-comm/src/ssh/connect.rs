@@ -135,8 +135,36 @@ pub(crate) struct Settings {
     pub client: Arc<client::Config>,
 }
 
+/// How the machine's and the jump host's keys are judged.
+#[derive(Debug, Clone)]
+pub(crate) struct Trust {
+    pub machine: HostKeyPolicy,
+    pub bastion: HostKeyPolicy,
+}
+
+impl Trust {
+    /// After a first-use acceptance, the same key is required from then on (reconnects
+    /// included).
+    pub fn remember(&self, keys: &HostKeys) -> Trust {
+        Trust {
+            machine: remember(&self.machine, &keys.machine),
+            bastion: match &keys.bastion {
+                Some(info) => remember(&self.bastion, info),
+                None => self.bastion.clone(),
+            },
+        }
+    }
+}
+
+/// The host keys a session was opened with.
+#[derive(Debug, Clone)]
+pub(crate) struct HostKeys {
+    pub machine: HostKeyInfo,
+    pub bastion: Option<HostKeyInfo>,
+}
+
 impl Settings {
-    pub fn from_config(config: &SshConfig) -> Result<(Settings, HostKeyPolicy), ConnectError> {
+    pub fn from_config(config: &SshConfig) -> Result<(Settings, Trust), ConnectError> {
         let user = config
             .ssh_username
             .clone()
@@ -170,10 +198,17 @@ impl Settings {
             nodelay: true,
             ..Default::default()
         };
-        let policy = match (&config.known_host_key, &config.ssh_host_key_fingerprint) {
+        let machine_policy = match (&config.known_host_key, &config.ssh_host_key_fingerprint) {
             (Some(key), _) => HostKeyPolicy::Known(key.clone()),
             (None, Some(pin)) => HostKeyPolicy::Pinned(pin.clone()),
             (None, None) => HostKeyPolicy::FirstUse,
+        };
+        let trust = Trust {
+            machine: machine_policy,
+            bastion: config
+                .ssh_bastion_host_key_fingerprint
+                .clone()
+                .map_or(HostKeyPolicy::FirstUse, HostKeyPolicy::Pinned),
         };
         let settings = Settings {
             machine,
@@ -182,7 +217,7 @@ impl Settings {
             handshake_attempts: config.ssh_handshake_attempts.max(1),
             client: Arc::new(client),
         };
-        Ok((settings, policy))
+        Ok((settings, trust))
     }
 }
 
@@ -231,8 +266,8 @@ pub(crate) struct Session {
 /// as it listens, so readiness is seen within about a second.
 pub(crate) async fn connect(
     settings: &Settings,
-    policy: &HostKeyPolicy,
-) -> Result<(Session, HostKeyInfo), ConnectError> {
+    trust: &Trust,
+) -> Result<(Session, HostKeys), ConnectError> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
 
     let started = Instant::now();
@@ -257,7 +292,7 @@ pub(crate) async fn connect(
         }
         if in_flight.len() < MAX_IN_FLIGHT && now >= next && now < deadline {
             let left = deadline.saturating_duration_since(now);
-            in_flight.push(attempt(settings, policy, left));
+            in_flight.push(attempt(settings, trust, left));
             next = now + STAGGER;
         }
         // Wake to start another attempt, unless no more may start; each attempt ends by the
@@ -314,23 +349,33 @@ enum Failure {
 
 async fn attempt(
     settings: &Settings,
-    policy: &HostKeyPolicy,
+    trust: &Trust,
     left: Duration,
-) -> Result<(Session, HostKeyInfo), Failure> {
-    let bastion = match &settings.bastion {
+) -> Result<(Session, HostKeys), Failure> {
+    let (bastion, bastion_key) = match &settings.bastion {
         Some(login) => {
-            let (handle, _) = open(login, None, &HostKeyPolicy::FirstUse, settings, left).await?;
-            Some(handle)
+            let (handle, key) = open(login, None, &trust.bastion, settings, left).await?;
+            (Some(handle), Some(key))
         }
-        None => None,
+        None => (None, None),
     };
-    let (handle, host_key) =
-        open(&settings.machine, bastion.as_ref(), policy, settings, left).await?;
+    let (handle, machine_key) = open(
+        &settings.machine,
+        bastion.as_ref(),
+        &trust.machine,
+        settings,
+        left,
+    )
+    .await?;
     let session = Session {
         handle,
         _bastion: bastion,
     };
-    Ok((session, host_key))
+    let keys = HostKeys {
+        machine: machine_key,
+        bastion: bastion_key,
+    };
+    Ok((session, keys))
 }
 
 /// One connection and login to `login`, directly or through `via`.
@@ -517,8 +562,8 @@ impl Client {
     }
 }
 
-/// After a first-use acceptance, the same key is required from then on (reconnects included).
-pub(crate) fn remember(policy: &HostKeyPolicy, info: &HostKeyInfo) -> HostKeyPolicy {
+/// After a first-use acceptance, the same key is required from then on.
+fn remember(policy: &HostKeyPolicy, info: &HostKeyInfo) -> HostKeyPolicy {
     match policy {
         HostKeyPolicy::FirstUse => HostKeyPolicy::Pinned(info.fingerprint.clone()),
         _ => policy.clone(),

@@ -28,8 +28,7 @@ pub use connect::{AttemptError, ConnectError};
 pub use key::{fingerprint, GenerateKeyError, HostKeyInfo, HostKeyTrust, SshKey};
 pub use russh::keys::PublicKey;
 
-use connect::{Session, Settings};
-use key::HostKeyPolicy;
+use connect::{HostKeys, Session, Settings, Trust};
 
 /// A communicator over one SSH session. Cheap to share: every operation opens a channel.
 pub struct SshCommunicator {
@@ -40,23 +39,23 @@ pub struct SshCommunicator {
 
 struct State {
     session: Arc<Session>,
-    policy: HostKeyPolicy,
-    host_key: HostKeyInfo,
+    trust: Trust,
+    host_keys: HostKeys,
 }
 
 impl SshCommunicator {
     /// Connects and logs in, waiting up to `ssh_timeout` for the machine (see [`ConnectError`]).
     pub async fn connect(config: &SshConfig) -> Result<SshCommunicator, ConnectError> {
-        let (settings, policy) = Settings::from_config(config)?;
-        let (session, host_key) = connect::connect(&settings, &policy).await?;
-        let policy = connect::remember(&policy, &host_key);
+        let (settings, trust) = Settings::from_config(config)?;
+        let (session, host_keys) = connect::connect(&settings, &trust).await?;
+        let trust = trust.remember(&host_keys);
         Ok(SshCommunicator {
             settings,
             pty: config.ssh_pty,
             state: Mutex::new(State {
                 session: Arc::new(session),
-                policy,
-                host_key,
+                trust,
+                host_keys,
             }),
         })
     }
@@ -64,7 +63,13 @@ impl SshCommunicator {
     /// The machine's host key and why it was trusted; report a [`HostKeyTrust::FirstUse`] to
     /// the user.
     pub fn host_key(&self) -> HostKeyInfo {
-        self.state.lock().unwrap().host_key.clone()
+        self.state.lock().unwrap().host_keys.machine.clone()
+    }
+
+    /// The jump host's key and why it was trusted, when there is a jump host
+    /// (`ssh_bastion_host`); report a [`HostKeyTrust::FirstUse`] to the user.
+    pub fn bastion_host_key(&self) -> Option<HostKeyInfo> {
+        self.state.lock().unwrap().host_keys.bastion.clone()
     }
 
     fn session(&self) -> Arc<Session> {
@@ -379,9 +384,9 @@ impl Communicator for SshCommunicator {
     /// Logs in again with the same credentials, requiring the same host key as before (a key
     /// accepted on first use included), waiting up to `ssh_timeout`.
     async fn reconnect(&self) -> Result<(), CommError> {
-        let policy = self.state.lock().unwrap().policy.clone();
-        // The policy requires the key seen before, so `host_key()` stays as it was.
-        let (session, _) = connect::connect(&self.settings, &policy)
+        let trust = self.state.lock().unwrap().trust.clone();
+        // The trust requires the keys seen before, so `host_key()` stays as it was.
+        let (session, _) = connect::connect(&self.settings, &trust)
             .await
             .map_err(|e| CommError::Connect(Box::new(e)))?;
         self.state.lock().unwrap().session = Arc::new(session);

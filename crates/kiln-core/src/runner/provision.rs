@@ -56,8 +56,8 @@ impl ProvisionHook for Provisioners<'_> {
         vars.values
             .insert("PackerRunUUID".to_string(), ctx.run_id.to_string());
 
-        for (i, spec) in self.build.provisioners.iter().enumerate() {
-            let prefix = format!("provisioner {}", i + 1);
+        for spec in &self.build.provisioners {
+            let prefix = format!("provisioner {}", spec.position);
             let err = loop {
                 match self.run_one(&prefix, spec, ctx, conn, comm, &vars).await {
                     Ok(()) => break None,

@@ -390,15 +390,15 @@ impl<'a> Resolver<'a, '_> {
         let names = source_names(block);
         let this = this_source(source_ref);
         let mut provisioners = Vec::new();
-        for p in &block.provisioners {
-            if let Some(spec) = self.provisioner(p, &eval, &names, &this) {
+        for (i, p) in block.provisioners.iter().enumerate() {
+            if let Some(spec) = self.provisioner(p, i + 1, &eval, &names, &this) {
                 provisioners.push(spec);
             }
         }
         let error_cleanup_provisioner = block
             .error_cleanup_provisioner
             .as_ref()
-            .and_then(|p| self.provisioner(p, &eval, &names, &this));
+            .and_then(|p| self.provisioner(p, 1, &eval, &names, &this));
         let mut post_processors = Vec::new();
         for chain in &block.post_processors {
             let specs: Vec<PostProcessorSpec> = chain
@@ -724,6 +724,7 @@ impl<'a> Resolver<'a, '_> {
     fn provisioner(
         &mut self,
         block: &RawBlock,
+        position: usize,
         eval: &Evaluator<'_>,
         names: &[String],
         this: &[String],
@@ -754,6 +755,7 @@ impl<'a> Resolver<'a, '_> {
         };
         Some(ProvisionerSpec {
             component,
+            position,
             pause_before,
             max_retries,
             timeout,
