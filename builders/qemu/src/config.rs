@@ -73,7 +73,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     opt("shutdown_timeout", "duration", "How long to wait for the machine to power off (default `5m`)."),
     opt("skip_compaction", "bool", "Do not compress the output even when `disk_compression` is set."),
     opt("disk_compression", "bool", "Compress the qcow2 output (zstd)."),
-    opt("qemu_img_args", "block", "Extra `qemu-img` arguments: `convert = [...]`, `create = [...]`."),
+    opt("qemu_img_args", "block(object({convert = list(string), create = list(string)}))", "Extra `qemu-img` arguments: `convert = [...]`, `create = [...]`."),
     opt("ssh_username", "string", "User to log in as (created by cloud-init)."),
     opt("ssh_password", "string", "Password for `ssh_username`."),
     opt("ssh_private_key_file", "string", "Private key for `ssh_username`, besides the build's own key."),

@@ -23,11 +23,30 @@ use crate::sensitive::Sensitive;
 pub struct OptionSpec {
     pub name: &'static str,
     /// The HCL type, e.g. `string`, `bool`, `list(string)`, `duration`, or `block` for a nested
-    /// block that may repeat.
+    /// block that may repeat. `block(object({NAME = TYPE, ...}))` also lists the block's
+    /// attributes: the validator then rejects unknown ones (with "did you mean") and converts
+    /// each to its type, as for top-level options.
     pub ty: &'static str,
     pub required: bool,
     /// One sentence for docs and `kiln inspect`.
     pub doc: &'static str,
+}
+
+impl OptionSpec {
+    /// Whether the option is a nested block rather than an attribute.
+    pub fn is_block(&self) -> bool {
+        self.ty == "block" || self.ty.starts_with("block(")
+    }
+
+    /// The attributes of a nested block and their types, when `ty` lists them.
+    pub fn block_attrs(&self) -> Option<Vec<(String, crate::template::types::Type)>> {
+        use crate::template::types::Type;
+        let inner = self.ty.strip_prefix("block(")?.strip_suffix(')')?;
+        match Type::parse(&inner.parse::<hcl::Expression>().ok()?) {
+            Ok(Type::Object(fields)) => Some(fields),
+            _ => None,
+        }
+    }
 }
 
 /// What provisioners need to know about the machine, and what `build.*` exposes.

@@ -285,39 +285,28 @@ impl Config {
     /// components decode typed values. Attributes without a spec, `block`s and nulls are kept
     /// as they are; a value that cannot be converted is an error at its attribute.
     pub fn conform(&self, options: &[crate::component::OptionSpec]) -> DecodeResult<Config> {
-        use crate::template::types::Type;
         let mut diags = Diagnostics::new();
         let mut out = self.clone();
         for attr in &mut out.attrs {
             let Some(spec) = options.iter().find(|o| o.name == attr.key) else {
                 continue;
             };
-            let ty = match spec.ty {
-                "block" => continue,
-                "duration" => Type::String,
-                written => match written
-                    .parse::<hcl::Expression>()
-                    .map_err(|e| e.to_string())
-                    .and_then(|expr| Type::parse(&expr))
-                {
-                    Ok(ty) => ty,
-                    // A component may describe a type HCL has no name for; its decoder judges.
-                    Err(_) => continue,
-                },
-            };
-            let Ok(value) = serde_json::from_value::<hcl::Value>(attr.value.clone()) else {
+            if let Some(ty) = option_type(spec.ty) {
+                let help = format!("`{}` ({}): {}", spec.name, spec.ty, spec.doc);
+                conform_attr(attr, &ty, help, &mut diags);
+            }
+        }
+        // Nested blocks whose option lists their attributes (`block(object({...}))`).
+        for block in &mut out.blocks {
+            let spec = options.iter().find(|o| o.name == block.ident);
+            let Some(fields) = spec.and_then(|s| s.block_attrs()) else {
                 continue;
             };
-            match ty.convert(value) {
-                Ok(value) => attr.value = crate::template::eval::to_json(&value),
-                Err(e) => diags.push(
-                    crate::diag::Diagnostic::error(format!(
-                        "invalid value for `{}`: {e}",
-                        attr.key
-                    ))
-                    .at(attr.span)
-                    .with_help(format!("`{}` ({}): {}", spec.name, spec.ty, spec.doc)),
-                ),
+            for attr in &mut block.body.attrs {
+                if let Some((_, ty)) = fields.iter().find(|(name, _)| *name == attr.key) {
+                    let help = format!("`{}` in a `{}` block is a {ty}", attr.key, block.ident);
+                    conform_attr(attr, ty, help, &mut diags);
+                }
             }
         }
         if diags.is_empty() {
@@ -334,6 +323,40 @@ impl Config {
             .find(|a| a.key == key)
             .map(|a| a.span)
             .unwrap_or(self.span)
+    }
+}
+
+/// The type an option's values are converted to; `None` for blocks and for types HCL has no
+/// name for (the component's decoder judges those).
+fn option_type(written: &str) -> Option<crate::template::types::Type> {
+    use crate::template::types::Type;
+    match written {
+        "duration" => Some(Type::String),
+        _ if written == "block" || written.starts_with("block(") => None,
+        _ => written
+            .parse::<hcl::Expression>()
+            .ok()
+            .and_then(|expr| Type::parse(&expr).ok()),
+    }
+}
+
+/// Converts `attr`'s value to `ty`, or reports why it cannot be, with `help`.
+fn conform_attr(
+    attr: &mut ConfigAttr,
+    ty: &crate::template::types::Type,
+    help: String,
+    diags: &mut Diagnostics,
+) {
+    let Ok(value) = serde_json::from_value::<hcl::Value>(attr.value.clone()) else {
+        return;
+    };
+    match ty.convert(value) {
+        Ok(value) => attr.value = crate::template::eval::to_json(&value),
+        Err(e) => diags.push(
+            crate::diag::Diagnostic::error(format!("invalid value for `{}`: {e}", attr.key))
+                .at(attr.span)
+                .with_help(help),
+        ),
     }
 }
 

@@ -59,6 +59,12 @@ const NULL_OPTIONS: &[OptionSpec] = &[
         required: false,
         doc: "A disk.",
     },
+    OptionSpec {
+        name: "volume",
+        ty: "block(object({size = number, label = string}))",
+        required: false,
+        doc: "A volume, whose attributes the validator checks.",
+    },
 ];
 
 #[derive(Deserialize)]
@@ -71,6 +77,15 @@ struct NullConfig {
     ssh_password: Option<String>,
     tags: Option<std::collections::BTreeMap<String, String>>,
     disk: Option<Vec<DiskConfig>>,
+    volume: Option<Vec<VolumeConfig>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct VolumeConfig {
+    size: u64,
+    label: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -850,11 +850,27 @@ fn check_options(
 ) -> Option<ConfigBody> {
     let blocks: Vec<&str> = options
         .iter()
-        .filter(|o| o.ty == "block")
+        .filter(|o| o.is_block())
         .map(|o| o.name)
         .collect();
+    // A block's name is accepted as an attribute too: JSON templates write blocks as objects.
     let attrs: Vec<&str> = options.iter().map(|o| o.name).collect();
     super::model::check_body(body, what, &attrs, &blocks, diags);
+    // The attributes of nested blocks whose option lists them.
+    let mut nested = BTreeMap::new();
+    for opt in options {
+        if let Some(fields) = opt.block_attrs() {
+            let names: Vec<String> = fields.into_iter().map(|(name, _)| name).collect();
+            nested.insert(opt.name, names);
+        }
+    }
+    for block in &body.blocks {
+        if let Some(names) = nested.get(block.ident.as_str()) {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let inner = format!("a `{}` block of {what}", block.ident);
+            super::model::check_body(&block.body, &inner, &names, &[], diags);
+        }
+    }
     let mut complete = true;
     for opt in options.iter().filter(|o| o.required) {
         let present = body.attrs.iter().any(|a| a.key == opt.name)
@@ -874,6 +890,12 @@ fn check_options(
     let mut known = body.clone();
     known.attrs.retain(|a| attrs.contains(&a.key.as_str()));
     known.blocks.retain(|b| blocks.contains(&b.ident.as_str()));
+    for block in &mut known.blocks {
+        if let Some(names) = nested.get(block.ident.as_str()) {
+            block.body.attrs.retain(|a| names.contains(&a.key));
+            block.body.blocks.clear();
+        }
+    }
     complete.then_some(known)
 }
 
