@@ -64,6 +64,20 @@ enum Fault {
     ErrorAfterAcquire,
     /// `run` acquires its resource, then awaits while the token is cancelled.
     Cancel,
+    /// Like `Cancel`, but the step `stops_on_cancel`: it sees the cancellation and returns.
+    CancelStopping,
+    /// The step `stops_on_cancel` but never stops: the runner drops it after its deadline (or
+    /// its grace, once hurried).
+    CancelStuck,
+}
+
+/// How a cleanup goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CleanupFault {
+    /// It returns an error.
+    Fails,
+    /// It never returns: the cleanup deadline ends it.
+    Hangs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,13 +90,15 @@ enum Act {
 struct Ledger {
     log: Arc<Mutex<Vec<Act>>>,
     held: Vec<usize>,
+    /// When the first cleanup began (virtual time).
+    first_cleanup: Option<tokio::time::Instant>,
 }
 
 struct ResourceStep {
     index: usize,
     name: String,
     fault: Option<Fault>,
-    cleanup_fails: bool,
+    cleanup_fault: Option<CleanupFault>,
     acquired: Arc<tokio::sync::Notify>,
 }
 
@@ -92,7 +108,11 @@ impl Step<Ledger> for ResourceStep {
         &self.name
     }
 
-    async fn run(&self, state: &mut Ledger, _ctx: &BuildCtx) -> Result<(), BoxError> {
+    fn stops_on_cancel(&self) -> bool {
+        matches!(self.fault, Some(Fault::CancelStopping | Fault::CancelStuck))
+    }
+
+    async fn run(&self, state: &mut Ledger, ctx: &BuildCtx) -> Result<(), BoxError> {
         if self.fault == Some(Fault::ErrorBeforeAcquire) {
             return Err("no resource available".into());
         }
@@ -100,9 +120,15 @@ impl Step<Ledger> for ResourceStep {
         state.log.lock().unwrap().push(Act::Acquire(self.index));
         match self.fault {
             Some(Fault::ErrorAfterAcquire) => Err("failed after acquiring".into()),
-            Some(Fault::Cancel) => {
+            Some(Fault::Cancel | Fault::CancelStuck) => {
                 self.acquired.notify_one();
                 std::future::pending().await
+            }
+            Some(Fault::CancelStopping) => {
+                self.acquired.notify_one();
+                ctx.cancel.cancel.cancelled().await;
+                tokio::task::yield_now().await;
+                Err("stopped on cancel".into())
             }
             _ => {
                 tokio::task::yield_now().await;
@@ -113,13 +139,18 @@ impl Step<Ledger> for ResourceStep {
 
     async fn cleanup(&self, state: &mut Ledger, _ctx: &CleanupCtx<'_>) -> Result<(), BoxError> {
         state
+            .first_cleanup
+            .get_or_insert_with(tokio::time::Instant::now);
+        state
             .log
             .lock()
             .unwrap()
             .push(Act::CleanupCalled(self.index));
         tokio::task::yield_now().await;
-        if self.cleanup_fails {
-            return Err("resource busy".into());
+        match self.cleanup_fault {
+            Some(CleanupFault::Fails) => return Err("resource busy".into()),
+            Some(CleanupFault::Hangs) => std::future::pending().await,
+            None => {}
         }
         if let Some(pos) = state.held.iter().position(|&i| i == self.index) {
             state.held.remove(pos);
@@ -144,16 +175,18 @@ impl Step<Ledger> for ResourceStep {
 struct Case {
     steps: usize,
     fault: Option<(usize, Fault)>,
-    failing_cleanup: Option<usize>,
+    failing_cleanup: Option<(usize, CleanupFault)>,
     on_error: OnError,
+    /// Hurry (a second Ctrl-C) right after cancelling.
+    hurry: bool,
 }
 
 impl std::fmt::Debug for Case {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} steps, fault {:?}, failing cleanup {:?}, {:?}",
-            self.steps, self.fault, self.failing_cleanup, self.on_error
+            "{} steps, fault {:?}, failing cleanup {:?}, {:?}, hurry {}",
+            self.steps, self.fault, self.failing_cleanup, self.on_error, self.hurry
         )
     }
 }
@@ -167,27 +200,38 @@ fn case() -> impl Strategy<Value = Case> {
                 prop_oneof![
                     Just(Fault::ErrorBeforeAcquire),
                     Just(Fault::ErrorAfterAcquire),
-                    Just(Fault::Cancel)
+                    Just(Fault::Cancel),
+                    Just(Fault::CancelStopping),
+                    Just(Fault::CancelStuck)
                 ]
             )
                 .prop_map(Some),
         ];
         let on_error = prop_oneof![Just(OnError::Cleanup), Just(OnError::Abort)];
-        (fault, proptest::option::of(0..steps), on_error).prop_map(
-            move |(fault, failing_cleanup, on_error)| Case {
+        let cleanup_fault = prop_oneof![Just(CleanupFault::Fails), Just(CleanupFault::Hangs)];
+        (
+            fault,
+            proptest::option::of((0..steps, cleanup_fault)),
+            on_error,
+            any::<bool>(),
+        )
+            .prop_map(move |(fault, failing_cleanup, on_error, hurry)| Case {
                 steps,
                 fault,
                 failing_cleanup,
                 on_error,
-            },
-        )
+                hurry,
+            })
     })
 }
 
-/// Runs one case; returns the ledger's log, the result and the events.
-fn run_case(case: &Case) -> (Vec<Act>, Result<(), BuildError>, Vec<EventKind>) {
+/// Runs one case; returns the ledger's log, the result, the events and how long the steps took
+/// (until the last step ended, before the cleanups) in virtual time.
+fn run_case(case: &Case) -> (Vec<Act>, Result<(), BuildError>, Vec<EventKind>, Duration) {
+    // Virtual time: the stop and cleanup deadlines pass as soon as nothing else can run.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .start_paused(true)
         .build()
         .unwrap();
     rt.block_on(async {
@@ -200,33 +244,57 @@ fn run_case(case: &Case) -> (Vec<Act>, Result<(), BuildError>, Vec<EventKind>) {
                 index,
                 name: format!("step {index}"),
                 fault: case.fault.filter(|(at, _)| *at == index).map(|(_, f)| f),
-                cleanup_fails: case.failing_cleanup == Some(index),
+                cleanup_fault: case
+                    .failing_cleanup
+                    .filter(|(at, _)| *at == index)
+                    .map(|(_, f)| f),
                 acquired: acquired.clone(),
             })
             .collect();
         let canceller = tokio::spawn({
             let acquired = acquired.clone();
+            let hurry = case.hurry;
             async move {
                 acquired.notified().await;
                 cancel.cancel.cancel();
+                if hurry {
+                    cancel.hurry.cancel();
+                }
             }
         });
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut ledger = Ledger {
             log: log.clone(),
             held: Vec::new(),
+            first_cleanup: None,
         };
         let dyn_steps: Vec<&dyn Step<Ledger>> =
             steps.iter().map(|s| s as &dyn Step<Ledger>).collect();
+        let started = tokio::time::Instant::now();
         let result = run_steps(&dyn_steps, &mut ledger, &ctx).await;
         canceller.abort();
         let log = log.lock().unwrap().clone();
-        (log, result, drain(&mut rx))
+        let events = drain(&mut rx);
+        let ended = ledger
+            .first_cleanup
+            .unwrap_or_else(tokio::time::Instant::now);
+        (log, result, events, ended - started)
     })
 }
 
 fn check_case(case: &Case) -> Result<(), TestCaseError> {
-    let (log, result, events) = run_case(case);
+    let (log, result, events, took) = run_case(case);
+    let failing = case.failing_cleanup.map(|(at, _)| at);
+    // A step that stops on cancel but never does is waited for until its deadline, or for a
+    // short grace once hurried; then dropped (and still cleaned up).
+    if let Some((_, Fault::CancelStuck)) = case.fault {
+        let (at_least, below) = if case.hurry {
+            (Duration::from_secs(2), Duration::from_secs(3))
+        } else {
+            (Duration::from_secs(30), Duration::from_secs(31))
+        };
+        prop_assert!(took >= at_least && took < below, "stuck step ran {took:?}");
+    }
     let started: Vec<usize> = match case.fault {
         Some((at, _)) => (0..=at).collect(),
         None => (0..case.steps).collect(),
@@ -285,30 +353,45 @@ fn check_case(case: &Case) -> Result<(), TestCaseError> {
             .iter()
             .rev()
             .copied()
-            .filter(|&i| case.failing_cleanup != Some(i))
+            .filter(|&i| failing != Some(i))
             .collect();
         prop_assert_eq!(&released, &expected_released);
         let expected_leftovers: Vec<String> = acquired
             .iter()
-            .filter(|&&i| case.failing_cleanup == Some(i))
+            .filter(|&&i| failing == Some(i))
             .map(|i| format!("resource {i}"))
             .collect();
         prop_assert_eq!(&leftover_events, &expected_leftovers);
     }
 
-    let failed_cleanup = !aborted && case.failing_cleanup.is_some_and(|i| started.contains(&i));
-    let cleanup_failures = events
+    let failed_cleanup = !aborted && failing.is_some_and(|i| started.contains(&i));
+    let cleanup_failures: Vec<String> = events
         .iter()
-        .filter(|e| matches!(e, EventKind::CleanupFinished { ok: false, .. }))
-        .count();
-    prop_assert_eq!(cleanup_failures, usize::from(failed_cleanup));
+        .filter_map(|e| match e {
+            EventKind::CleanupFinished {
+                ok: false, error, ..
+            } => Some(error.clone().unwrap_or_default()),
+            _ => None,
+        })
+        .collect();
+    prop_assert_eq!(cleanup_failures.len(), usize::from(failed_cleanup));
+    if let (true, Some((_, CleanupFault::Hangs))) = (failed_cleanup, case.failing_cleanup) {
+        prop_assert!(
+            cleanup_failures[0].starts_with("did not finish within"),
+            "{:?}",
+            cleanup_failures
+        );
+    }
     match (case.fault, &result) {
         (None, Ok(())) => prop_assert!(!failed_cleanup),
         (None, Err(BuildError::Cleanup { left_behind, .. })) => {
             prop_assert!(failed_cleanup);
             prop_assert_eq!(left_behind.len(), 1, "{:?}", left_behind);
         }
-        (Some((_, Fault::Cancel)), Err(BuildError::Cancelled)) => {}
+        (
+            Some((_, Fault::Cancel | Fault::CancelStopping | Fault::CancelStuck)),
+            Err(BuildError::Cancelled),
+        ) => {}
         (Some((at, _)), Err(BuildError::Step { step, .. })) => {
             prop_assert_eq!(step, &format!("step {at}"))
         }
@@ -340,8 +423,9 @@ fn success_runs_every_cleanup_in_reverse() {
         fault: None,
         failing_cleanup: None,
         on_error: OnError::Abort,
+        hurry: false,
     };
-    let (log, result, _) = run_case(&case);
+    let (log, result, _, _) = run_case(&case);
     assert!(result.is_ok());
     assert_eq!(
         log.iter()
