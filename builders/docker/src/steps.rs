@@ -65,6 +65,21 @@ pub enum PrepareImageError {
         #[source]
         source: ApiError,
     },
+    #[error(
+        "image `{image}` is present locally for `{actual}`, not for the platform `{wanted}`, \
+         and `pull` is false"
+    )]
+    PlatformNotPresent {
+        image: String,
+        wanted: String,
+        actual: String,
+    },
+    #[error("the image pulled as `{image}` is for `{actual}`, not for the platform `{wanted}`")]
+    PlatformPulled {
+        image: String,
+        wanted: String,
+        actual: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +142,8 @@ impl Step<State> for PrepareImage<'_> {
             image: s.image.clone(),
             source,
         };
-        state.base = Some(match docker.inspect_image(&s.image).await {
+        let mut pulled = false;
+        let mut base = match docker.inspect_image(&s.image).await {
             Ok(image) => image,
             Err(err) if !is_not_found(&err) => return Err(inspect(err).into()),
             Err(_) if !s.pull => {
@@ -138,10 +154,69 @@ impl Step<State> for PrepareImage<'_> {
             }
             Err(_) => {
                 pull(&docker, s, ctx).await?;
+                pulled = true;
                 docker.inspect_image(&s.image).await.map_err(inspect)?
             }
-        });
+        };
+        // A local image of another platform: the engine would refuse the container with a
+        // message naming the image id. Pull the platform asked for (as `docker run --platform`
+        // does), or say why not.
+        if let Some(actual) = platform_mismatch(&s.platform, &base) {
+            let (image, wanted) = (s.image.clone(), s.platform.clone());
+            if !s.pull {
+                let err = PrepareImageError::PlatformNotPresent {
+                    image,
+                    wanted,
+                    actual,
+                };
+                return Err(err.into());
+            }
+            if !pulled {
+                pull(&docker, s, ctx).await?;
+                base = docker.inspect_image(&s.image).await.map_err(inspect)?;
+            }
+            if let Some(actual) = platform_mismatch(&s.platform, &base) {
+                let err = PrepareImageError::PlatformPulled {
+                    image,
+                    wanted,
+                    actual,
+                };
+                return Err(err.into());
+            }
+        }
+        state.base = Some(base);
         Ok(())
+    }
+}
+
+/// The platform of `image` (`os/arch[/variant]`) when it is not the `wanted` one (`os[/arch
+/// [/variant]]`; empty: any). A part the engine does not report, or `wanted` leaves out, is not
+/// compared.
+pub(crate) fn platform_mismatch(wanted: &str, image: &ImageInspect) -> Option<String> {
+    let have = [&image.os, &image.architecture, &image.variant]
+        .map(|part| platform_part(part.as_deref().unwrap_or_default()));
+    let differs = wanted
+        .split('/')
+        .map(platform_part)
+        .zip(&have)
+        .any(|(want, have)| !want.is_empty() && !have.is_empty() && want != *have);
+    differs.then(|| {
+        let parts: Vec<&str> = have
+            .iter()
+            .map(String::as_str)
+            .filter(|p| !p.is_empty())
+            .collect();
+        parts.join("/")
+    })
+}
+
+/// A platform part as the engine spells it (`uname -m` names some architectures otherwise).
+fn platform_part(part: &str) -> String {
+    let part = part.to_ascii_lowercase();
+    match part.as_str() {
+        "x86_64" | "x86-64" => "amd64".to_string(),
+        "aarch64" => "arm64".to_string(),
+        _ => part,
     }
 }
 

@@ -124,6 +124,38 @@ fn committed_config_keeps_the_base_and_drops_build_flags() {
 }
 
 #[test]
+fn platforms_compare_the_parts_both_sides_name() {
+    let image = |os: &str, arch: &str, variant: Option<&str>| ImageInspect {
+        os: Some(os.to_string()),
+        architecture: Some(arch.to_string()),
+        variant: variant.map(str::to_string),
+        ..ImageInspect::default()
+    };
+    let amd64 = image("linux", "amd64", None);
+    assert_eq!(steps::platform_mismatch("", &amd64), None);
+    assert_eq!(steps::platform_mismatch("linux", &amd64), None);
+    assert_eq!(steps::platform_mismatch("linux/amd64", &amd64), None);
+    assert_eq!(steps::platform_mismatch("Linux/x86_64", &amd64), None);
+    assert_eq!(
+        steps::platform_mismatch("linux/arm64", &amd64).as_deref(),
+        Some("linux/amd64")
+    );
+    assert_eq!(
+        steps::platform_mismatch("windows/amd64", &amd64).as_deref(),
+        Some("linux/amd64")
+    );
+    let arm = image("linux", "arm", Some("v7"));
+    assert_eq!(steps::platform_mismatch("linux/arm", &arm), None);
+    assert_eq!(
+        steps::platform_mismatch("linux/arm/v6", &arm).as_deref(),
+        Some("linux/arm/v7")
+    );
+    // The engine reports no variant for most arm64 images.
+    let arm64 = image("linux", "aarch64", None);
+    assert_eq!(steps::platform_mismatch("linux/arm64/v8", &arm64), None);
+}
+
+#[test]
 fn register_adds_the_kind() {
     let mut registry = Registry::default();
     register(&mut registry);

@@ -1,117 +1,23 @@
 //! The docker builder against a real engine: templates are planned and run by the runner with
 //! the `shell` and `file` provisioners, then the produced image is run and inspected.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sha2::Digest;
 
 use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{
-    CreateContainerOptions, LogsOptions, StartContainerOptions, WaitContainerOptions,
-};
-use bollard::Docker;
-use futures_util::StreamExt;
-use kiln_core::component::Registry;
 use kiln_core::event::{EventKind, EventSink, Redactor};
-use kiln_core::runner::{run_plan, OnError, RunOptions, RunSummary};
-use kiln_core::template::{self, LoadOptions};
+use kiln_core::runner::{run_plan, OnError, RunOptions};
 use kiln_testkit::docker::{
-    busybox_image, container_names, debian_image, engine, inspect_image, remove_image, RemoveOnDrop,
+    busybox_image, debian_image, engine, inspect_image, remove_image, RemoveOnDrop,
 };
 
-fn registry() -> Registry {
-    let mut registry = Registry::default();
-    docker::register(&mut registry);
-    shell::register(&mut registry);
-    file::register(&mut registry);
-    registry
-}
+mod support;
 
-fn repo_dir() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("../..")
-}
-
-/// Plans and runs the template at `dir` with `vars`; returns the summary and the events.
-async fn build(
-    dir: &Path,
-    vars: &[(&str, &str)],
-    on_error: OnError,
-) -> (RunSummary, Vec<EventKind>, uuid::Uuid) {
-    let opts = LoadOptions {
-        path: dir.to_path_buf(),
-        var_args: vars
-            .iter()
-            .map(|(k, v)| kiln_core::template::VarArg::Var(k.to_string(), v.to_string()))
-            .collect(),
-        env: Vec::new(),
-    };
-    let registry = registry();
-    let loaded = template::load(&opts);
-    let (plan, diags) = template::plan(&loaded, &opts, &registry);
-    let plan = plan.unwrap_or_else(|| panic!("the template is invalid:\n{diags}"));
-    let run_id = uuid::Uuid::new_v4();
-    let (sink, mut rx) = EventSink::channel(run_id, Redactor::default());
-    let options = RunOptions {
-        on_error,
-        ..RunOptions::default()
-    };
-    let summary = run_plan(&plan, &registry, options, sink).await;
-    let mut events = Vec::new();
-    while let Ok(event) = rx.try_recv() {
-        events.push(event.kind);
-    }
-    (summary, events, run_id)
-}
-
-/// A template directory holding `text` as its only file.
-fn template_dir(text: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("build.pkr.hcl"), text).unwrap();
-    dir
-}
-
-async fn docker() -> Docker {
-    Docker::connect_with_defaults()
-        .unwrap()
-        .negotiate_version()
-        .await
-        .unwrap()
-}
-
-/// Runs `image` (with `cmd` instead of its CMD when given) to its end; returns its output.
-async fn run_image(docker: &Docker, image: &str, cmd: Option<&[&str]>) -> String {
-    let body = ContainerCreateBody {
-        image: Some(image.to_string()),
-        cmd: cmd.map(|c| c.iter().map(|s| s.to_string()).collect()),
-        ..ContainerCreateBody::default()
-    };
-    let created = docker
-        .create_container(None::<CreateContainerOptions>, body)
-        .await
-        .unwrap();
-    let _guard = RemoveOnDrop(created.id.clone());
-    docker
-        .start_container(&created.id, None::<StartContainerOptions>)
-        .await
-        .unwrap();
-    let mut wait = docker.wait_container(&created.id, None::<WaitContainerOptions>);
-    while let Some(status) = wait.next().await {
-        status.unwrap();
-    }
-    let options = LogsOptions {
-        stdout: true,
-        stderr: true,
-        ..LogsOptions::default()
-    };
-    let mut logs = docker.logs(&created.id, Some(options));
-    let mut out = String::new();
-    while let Some(chunk) = logs.next().await {
-        out.push_str(&chunk.unwrap().to_string());
-    }
-    out
-}
+use support::{
+    artifact_id, assert_no_container_of, build, containers_of, docker, repo_dir, run_image,
+    template_dir,
+};
 
 /// The image config carries nothing of the build container.
 fn assert_no_build_residue(raw: &serde_json::Value) {
@@ -125,21 +31,6 @@ fn assert_no_build_residue(raw: &serde_json::Value) {
         !command.contains("sleep 3600"),
         "keep-alive left in {config}"
     );
-}
-
-fn artifact_id(summary: &RunSummary) -> String {
-    assert!(summary.ok(), "{:?}", summary.builds);
-    summary.builds[0].artifacts[0].id.clone()
-}
-
-/// No container of the run `run_id` exists any more.
-fn assert_no_container_of(run_id: uuid::Uuid) {
-    let prefix = format!("kiln-{}", &run_id.simple().to_string()[..12]);
-    let left: Vec<String> = container_names()
-        .into_iter()
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
-    assert!(left.is_empty(), "containers left behind: {left:?}");
 }
 
 #[tokio::test]
@@ -231,30 +122,8 @@ build {{
         entrypoint: Some(vec!["cat".to_string(), "/tmp/who".to_string()]),
         ..ContainerCreateBody::default()
     };
-    let created = docker
-        .create_container(None::<CreateContainerOptions>, body)
-        .await
-        .unwrap();
-    let guard = RemoveOnDrop(created.id.clone());
-    docker
-        .start_container(&created.id, None::<StartContainerOptions>)
-        .await
-        .unwrap();
-    let mut wait = docker.wait_container(&created.id, None::<WaitContainerOptions>);
-    while wait.next().await.is_some() {}
-    let mut logs = docker.logs(
-        &created.id,
-        Some(LogsOptions {
-            stdout: true,
-            ..LogsOptions::default()
-        }),
-    );
-    let mut who = String::new();
-    while let Some(chunk) = logs.next().await {
-        who.push_str(&chunk.unwrap().to_string());
-    }
+    let who = support::run(&docker, body).await;
     assert_eq!(who, "65534\n");
-    drop(guard);
     remove_image(&image);
 }
 
@@ -299,11 +168,7 @@ async fn on_error_abort_keeps_the_container_and_reports_it() {
     let dir = failing_template(&busybox_image(&[]));
     let (summary, events, run_id) = build(dir.path(), &[], OnError::Abort).await;
     assert!(!summary.ok());
-    let prefix = format!("kiln-{}", &run_id.simple().to_string()[..12]);
-    let kept: Vec<String> = container_names()
-        .into_iter()
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
+    let kept = containers_of(run_id);
     assert_eq!(kept.len(), 1, "{kept:?}");
     let _guard = RemoveOnDrop(kept[0].clone());
     let leftovers: Vec<&String> = events
@@ -490,15 +355,7 @@ build {{
 "#,
         base = busybox_image(&[])
     ));
-    let opts = LoadOptions {
-        path: dir.path().to_path_buf(),
-        var_args: Vec::new(),
-        env: Vec::new(),
-    };
-    let registry = registry();
-    let loaded = template::load(&opts);
-    let (plan, diags) = template::plan(&loaded, &opts, &registry);
-    let plan = plan.unwrap_or_else(|| panic!("the template is invalid:\n{diags}"));
+    let (plan, registry) = support::plan(dir.path(), &[]);
     let run_id = uuid::Uuid::new_v4();
     let (sink, mut rx) = EventSink::channel(run_id, Redactor::default());
     let cancel = kiln_core::runner::Cancel::new();
@@ -513,14 +370,7 @@ build {{
             break;
         }
     }
-    let prefix = format!("kiln-{}", &run_id.simple().to_string()[..12]);
-    assert_eq!(
-        container_names()
-            .iter()
-            .filter(|n| n.starts_with(&prefix))
-            .count(),
-        1
-    );
+    assert_eq!(containers_of(run_id).len(), 1);
     cancel.cancel.cancel();
     let summary = run.await.unwrap();
     assert!(summary.cancelled || !summary.ok());

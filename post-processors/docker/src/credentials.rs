@@ -4,16 +4,22 @@
 //!
 //! Nothing here logs or formats a secret: errors name the helper, the registry key and the file,
 //! never what a helper printed on success or what an `auth` field held.
+//!
+//! A helper runs as a child process with a deadline ([`HELPER_TIMEOUT`]) and is killed when it
+//! passes, or when the lookup is dropped (a cancelled build does not wait for it).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
 
 /// The key Docker Hub's credentials are stored under (Docker CLI's `registry.IndexServer`).
 const HUB_KEY: &str = "https://index.docker.io/v1/";
@@ -24,6 +30,11 @@ const NOT_FOUND: &str = "credentials not found";
 
 /// The user name a helper returns when `Secret` is an identity token.
 const TOKEN_USERNAME: &str = "<token>";
+
+/// How long a credential helper may take to answer before it is killed and the lookup fails.
+/// Helpers answer from a keychain or a file in milliseconds; one that asks the user (a GUI
+/// keychain prompt) has this long to be answered.
+pub const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why registry credentials could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +59,15 @@ pub enum FindCredentialsError {
     HelperMissing {
         helper: String,
         setting: &'static str,
+    },
+    #[error(
+        "credential helper `{helper}` gave no answer for `{server}` within {timeout:?} and was \
+         stopped"
+    )]
+    HelperTimeout {
+        helper: String,
+        server: String,
+        timeout: Duration,
     },
     #[error("cannot run credential helper `{helper}`")]
     RunHelper {
@@ -78,12 +98,14 @@ fn message_suffix(message: &str) -> String {
     }
 }
 
-/// Where credentials are looked up: the Docker config file, and the `PATH` its credential
-/// helpers are found on (`None`: the process's own).
+/// Where credentials are looked up: the Docker config file, the `PATH` its credential helpers
+/// are found on (`None`: the process's own), and how long a helper may take.
 #[derive(Debug, Clone)]
 pub struct CredentialSources {
     pub config: PathBuf,
     pub path: Option<OsString>,
+    /// A helper still running after this long is killed ([`HELPER_TIMEOUT`] by default).
+    pub helper_timeout: Duration,
 }
 
 /// Where a registry's credentials came from (for a message; it holds no secret).
@@ -130,14 +152,16 @@ impl CredentialSources {
         Some(Self {
             config: dir.join("config.json"),
             path: None,
+            helper_timeout: HELPER_TIMEOUT,
         })
     }
 
     /// The credentials for `registry` (a host as [`crate::registry_of`] gives it, e.g.
     /// `docker.io` or `127.0.0.1:5000`); `None` means push anonymously. A missing config file
-    /// holds no credentials. Runs a credential helper, so it blocks.
-    pub fn lookup(&self, registry: &str) -> Result<Option<Found>, FindCredentialsError> {
-        let text = match std::fs::read_to_string(&self.config) {
+    /// holds no credentials. A credential helper it runs is killed after
+    /// [`Self::helper_timeout`], or when the returned future is dropped.
+    pub async fn lookup(&self, registry: &str) -> Result<Option<Found>, FindCredentialsError> {
+        let text = match tokio::fs::read_to_string(&self.config).await {
             Ok(text) => text,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(source) => {
@@ -159,11 +183,11 @@ impl CredentialSources {
                 line: e.line(),
                 column: e.column(),
             })?;
-        self.lookup_in(&file, registry)
+        self.lookup_in(&file, registry).await
     }
 
     /// [`Self::lookup`] on a parsed config file.
-    fn lookup_in(
+    async fn lookup_in(
         &self,
         file: &ConfigFile,
         registry: &str,
@@ -175,7 +199,7 @@ impl CredentialSources {
         };
         // An empty name (`"credsStore": ""`) means no helper, as in the Docker CLI.
         if let Some((name, setting)) = helper.filter(|(name, _)| !name.is_empty()) {
-            return self.ask_helper(name, setting, server);
+            return self.ask_helper(name, setting, server).await;
         }
         let Some((key, entry)) = find_entry(&file.auths, registry) else {
             return Ok(None);
@@ -221,8 +245,9 @@ impl CredentialSources {
         }))
     }
 
-    /// Runs `docker-credential-<name> get` with `server` on stdin.
-    fn ask_helper(
+    /// Runs `docker-credential-<name> get` with `server` on stdin, for at most
+    /// [`Self::helper_timeout`]; the child is killed when that passes or this future is dropped.
+    async fn ask_helper(
         &self,
         name: &str,
         setting: &'static str,
@@ -234,7 +259,8 @@ impl CredentialSources {
             .arg("get")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         if let Some(path) = &self.path {
             command.env("PATH", path);
         }
@@ -252,18 +278,44 @@ impl CredentialSources {
                 run_error(source)
             }
         })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A helper may exit without reading; its exit status tells what happened.
-            match stdin.write_all(server.as_bytes()) {
-                Err(e) if e.kind() != ErrorKind::BrokenPipe => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(run_error(e));
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let talk = async {
+            if let Some(mut stdin) = stdin {
+                // A helper may exit without reading; its exit status tells what happened.
+                match stdin.write_all(server.as_bytes()).await {
+                    Err(e) if e.kind() != ErrorKind::BrokenPipe => return Err(e),
+                    _ => {}
                 }
-                _ => {}
+                // Dropped here: the helper reads its stdin to the end.
             }
-        }
-        let output = child.wait_with_output().map_err(run_error)?;
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let (read_out, read_err, status) = tokio::join!(
+                read_all(stdout, &mut out),
+                read_all(stderr, &mut err),
+                child.wait()
+            );
+            read_out?;
+            read_err?;
+            Ok(std::process::Output {
+                status: status?,
+                stdout: out,
+                stderr: err,
+            })
+        };
+        let answered = tokio::time::timeout(self.helper_timeout, talk).await;
+        let output = match answered {
+            Ok(output) => output.map_err(run_error)?,
+            Err(_) => {
+                // `kill` also waits for it, so that no zombie is left.
+                let _ = child.kill().await;
+                return Err(FindCredentialsError::HelperTimeout {
+                    helper,
+                    server: server.to_string(),
+                    timeout: self.helper_timeout,
+                });
+            }
+        };
         if !output.status.success() {
             let stdout = String::from_utf8_lossy(&output.stdout);
             if stdout.trim().starts_with(NOT_FOUND) {
@@ -305,6 +357,17 @@ impl CredentialSources {
             credentials,
             source: CredentialSource::Helper(helper),
         }))
+    }
+}
+
+/// Reads `pipe` (when there is one) to its end into `buf`.
+async fn read_all<R: tokio::io::AsyncRead + Unpin>(
+    pipe: Option<R>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    match pipe {
+        Some(mut pipe) => pipe.read_to_end(buf).await.map(drop),
+        None => Ok(()),
     }
 }
 

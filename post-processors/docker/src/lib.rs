@@ -100,6 +100,8 @@ pub enum DockerPostError {
         #[source]
         source: FindCredentialsError,
     },
+    #[error("cancelled while looking up the credentials for `{registry}`")]
+    Cancelled { registry: String },
     #[error("cannot inspect image `{image}`")]
     Inspect {
         image: String,
@@ -421,22 +423,22 @@ impl PostProcessor for Push {
     }
 }
 
-/// The credentials the Docker config file gives for `registry` (none: push anonymously).
+/// The credentials the Docker config file gives for `registry` (none: push anonymously). A
+/// credential helper it runs is killed when the build is cancelled.
 async fn config_credentials(
     ctx: &BuildCtx,
     sources: &CredentialSources,
     registry: &str,
 ) -> Result<DockerCredentials, DockerPostError> {
-    let lookup = {
-        let sources = sources.clone();
-        let registry = registry.to_string();
-        // A credential helper is a child process that may take its time.
-        tokio::task::spawn_blocking(move || sources.lookup(&registry))
-    };
-    let found = match lookup.await {
-        Ok(found) => found,
-        // Only a panic: a blocking task is never cancelled while this future waits for it.
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    // On cancellation the lookup is dropped, which kills the helper it runs.
+    let found = tokio::select! {
+        biased;
+        _ = ctx.cancel.cancel.cancelled() => {
+            return Err(DockerPostError::Cancelled {
+                registry: registry.to_string(),
+            })
+        }
+        found = sources.lookup(registry) => found,
     };
     let credentials_error = |source| DockerPostError::Credentials {
         registry: registry.to_string(),

@@ -1,7 +1,8 @@
 //! The docker post-processors against a real engine and a local registry: a busybox image built
 //! by the `docker` builder is tagged, pushed, pulled back by digest, saved, and an exported
-//! filesystem is imported.
+//! filesystem is imported; the manifest records what they made.
 
+use std::io::{Read, Write};
 use std::path::Path;
 
 use bollard::query_parameters::CreateImageOptions;
@@ -11,13 +12,14 @@ use kiln_core::component::Registry;
 use kiln_core::event::{EventKind, EventSink, Redactor};
 use kiln_core::runner::{run_plan, BuildOutcome, RunOptions};
 use kiln_core::template::{self, LoadOptions};
-use kiln_testkit::docker::{busybox_image, engine, registry, remove_image};
+use kiln_testkit::docker::{busybox_image, engine, inspect_image, registry, remove_image};
 
 fn components() -> Registry {
     let mut r = Registry::default();
     docker::register(&mut r);
     shell::register(&mut r);
     docker_post_processors::register(&mut r);
+    manifest::register(&mut r);
     r
 }
 
@@ -230,4 +232,98 @@ build {{
         remove_image(&artifact.id);
     }
     assert_eq!(digests[0], digests[1]);
+}
+
+/// The digest the registry at `host` serves for `repo:tag` (its `Docker-Content-Digest`).
+fn registry_digest(host: &str, repo: &str, tag: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "GET /v2/{repo}/manifests/{tag} HTTP/1.0\r\nHost: {host}\r\nAccept: \
+         application/vnd.docker.distribution.manifest.v2+json, \
+         application/vnd.oci.image.manifest.v1+json\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, _) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    head.lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no digest in {head}"))
+}
+
+#[tokio::test]
+async fn the_manifest_records_the_image_id_and_the_pushed_repository_digest() {
+    if engine().is_none() {
+        return;
+    }
+    let Some(reg) = registry() else { return };
+    let repo = format!("{}/kiln/manifest", reg.host());
+    let out = tempfile::tempdir().unwrap();
+    let manifest = out.path().join("manifest.json");
+    let base = busybox_image(&[]);
+    let text = format!(
+        r#"
+source "docker" "recorded" {{
+  image  = "{base}"
+  commit = true
+}}
+build {{
+  sources = ["source.docker.recorded"]
+  provisioner "shell" {{
+    inline = ["echo recorded > /recorded.txt"]
+  }}
+  post-processor "manifest" {{
+    output = "{manifest}"
+  }}
+  post-processors {{
+    post-processor "docker-tag" {{
+      repository = "{repo}"
+      tags       = ["1"]
+    }}
+    post-processor "docker-push" {{}}
+    post-processor "manifest" {{
+      output = "{manifest}"
+    }}
+  }}
+}}
+"#,
+        manifest = manifest.display()
+    );
+    build(&text).await;
+    let name = format!("{repo}:1");
+    let engine_view = inspect_image(&name);
+    let image = engine_view["Id"].as_str().unwrap().to_string();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    remove_image(&image);
+    let builds = doc["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 2, "{doc}");
+
+    // Straight from the builder: the image the engine has under the pushed name.
+    let built = &builds[0];
+    assert_eq!(built["builder_type"], "docker", "{built}");
+    assert_eq!(built["name"], "recorded");
+    assert_eq!(built["artifact_id"], image.as_str());
+    assert_eq!(built["data"]["ImageId"], image.as_str());
+    assert_eq!(built["data"]["BaseImage"], base.as_str());
+    assert_eq!(built["files"], serde_json::json!([]));
+
+    // After the push: the same image, and the digest the registry serves for the tag.
+    let pushed = &builds[1];
+    assert_eq!(pushed["artifact_id"], image.as_str(), "{pushed}");
+    assert_eq!(pushed["data"]["ImageId"], image.as_str());
+    assert_eq!(pushed["data"]["RepoTags"], serde_json::json!([name]));
+    let digest = registry_digest(&reg.host(), "kiln/manifest", "1");
+    assert_eq!(
+        pushed["data"]["RepoDigests"],
+        serde_json::json!([format!("{repo}@{digest}")])
+    );
+    assert_eq!(engine_view["RepoDigests"], pushed["data"]["RepoDigests"]);
+    assert_eq!(doc["last_run_uuid"], built["packer_run_uuid"]);
 }

@@ -2,7 +2,12 @@
 //! `PATH` given to the child only.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use kiln_core::event::{EventSink, Redactor};
+use kiln_core::runner::{BuildCtx, Cancel, OnError};
 
 use serde_json::{json, Value};
 
@@ -64,12 +69,32 @@ printf '{{"ServerURL":"%s","Username":"{user}","Secret":"{secret}"}}' "$server""
         CredentialSources {
             config: self.dir.path().join("config.json"),
             path: Some(path),
+            helper_timeout: HELPER_TIMEOUT,
         }
     }
 
     fn lookup(&self, registry: &str) -> Result<Option<Found>, FindCredentialsError> {
         let _helpers = helpers_lock();
-        self.sources().lookup(registry)
+        block_on(self.sources().lookup(registry))
+    }
+
+    /// A helper that writes its pid to `pid-<name>` and then sleeps instead of answering.
+    fn sleeping(&self, name: &str) -> &Self {
+        self.helper(
+            name,
+            &format!("echo $$ > \"$(dirname \"$0\")/pid-{name}\"\ncat >/dev/null\nexec sleep 60"),
+        )
+    }
+
+    /// The pid `sleeping` helper `name` wrote, once it has.
+    async fn helper_pid(&self, name: &str) -> i32 {
+        let path = self.dir.path().join(format!("pid-{name}"));
+        loop {
+            match std::fs::read_to_string(&path) {
+                Ok(text) if text.ends_with('\n') => return text.trim().parse().unwrap(),
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
     }
 
     /// The user name and password found for `registry`.
@@ -79,6 +104,36 @@ printf '{{"ServerURL":"%s","Username":"{user}","Secret":"{secret}"}}' "$server""
             found.credentials.username.unwrap_or_default(),
             found.credentials.password.unwrap_or_default(),
         )
+    }
+}
+
+/// Runs `future` on a runtime of its own (a helper is a `tokio` child process).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// Whether process `pid` is gone (or a zombie: killed, not yet reaped), polling for up to 5 s.
+async fn gone(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // `pid (comm) STATE ...`; comm may hold spaces.
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.split_whitespace().next().map(str::to_owned)
+            });
+        if state.as_deref().is_none_or(|s| s == "Z" || s == "X") {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -316,8 +371,9 @@ fn no_config_file_means_anonymous_and_a_broken_one_is_an_error() {
     let missing = CredentialSources {
         config: fixture.dir.path().join("absent.json"),
         path: None,
+        helper_timeout: HELPER_TIMEOUT,
     };
-    assert!(missing.lookup("docker.io").unwrap().is_none());
+    assert!(block_on(missing.lookup("docker.io")).unwrap().is_none());
     assert!(fixture.lookup("docker.io").unwrap().is_none());
 
     std::fs::write(
@@ -356,4 +412,98 @@ fn found_credentials_do_not_debug_print_secrets() {
         !text.contains("hunter2") && !text.contains("token"),
         "{text}"
     );
+}
+
+#[test]
+fn a_helper_that_does_not_answer_in_time_is_killed_and_named_with_the_registry() {
+    let fixture = Fixture::new(json!({ "credsStore": "slow" }));
+    fixture.sleeping("slow");
+    let sources = CredentialSources {
+        helper_timeout: Duration::from_millis(500),
+        ..fixture.sources()
+    };
+    let _helpers = helpers_lock();
+    let started = Instant::now();
+    let (err, pid) = block_on(async {
+        let err = sources.lookup("127.0.0.1:5000").await.unwrap_err();
+        (err, fixture.helper_pid("slow").await)
+    });
+    let took = started.elapsed();
+    assert!(
+        matches!(err, FindCredentialsError::HelperTimeout { .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("`docker-credential-slow`"), "{text}");
+    assert!(text.contains("`127.0.0.1:5000`"), "{text}");
+    assert!(text.contains("500ms"), "{text}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert!(block_on(gone(pid)), "the helper {pid} still runs");
+}
+
+/// A build context whose cancellation the test controls.
+fn build_ctx(cancel: Cancel) -> BuildCtx {
+    let (sink, _rx) = EventSink::channel(uuid::Uuid::new_v4(), Redactor::default());
+    BuildCtx {
+        run_id: sink.run_id(),
+        build_name: "push.docker.test".to_string(),
+        source_type: "docker".to_string(),
+        source_name: "test".to_string(),
+        events: sink,
+        cancel,
+        on_error: OnError::Cleanup,
+        asker: None,
+        template_dir: PathBuf::from("."),
+        force: false,
+    }
+}
+
+#[test]
+fn a_cancelled_build_does_not_wait_for_the_helper_and_kills_it() {
+    let fixture = Fixture::new(json!({ "credHelpers": { "registry.example.com": "slow" } }));
+    fixture.sleeping("slow");
+    // The default deadline: only the cancellation can end the lookup within the test's limits.
+    let sources = fixture.sources();
+    let cancel = Cancel::new();
+    let ctx = build_ctx(cancel.clone());
+    let _helpers = helpers_lock();
+    block_on(async {
+        let lookup = crate::config_credentials(&ctx, &sources, "registry.example.com");
+        let cancel_once_running = async {
+            let pid = fixture.helper_pid("slow").await;
+            cancel.cancel.cancel();
+            pid
+        };
+        let started = Instant::now();
+        let (result, pid) = tokio::join!(lookup, cancel_once_running);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let text = result.unwrap_err().to_string();
+        assert!(text.contains("cancelled"), "{text}");
+        assert!(text.contains("`registry.example.com`"), "{text}");
+        assert!(gone(pid).await, "the helper {pid} still runs");
+    });
+}
+
+#[test]
+fn a_dropped_lookup_kills_its_helper() {
+    let fixture = Fixture::new(json!({ "credsStore": "slow" }));
+    fixture.sleeping("slow");
+    let sources = fixture.sources();
+    let _helpers = helpers_lock();
+    block_on(async {
+        let mut lookup = Box::pin(sources.lookup("docker.io"));
+        let pid = tokio::select! {
+            _ = &mut lookup => panic!("a sleeping helper answered"),
+            pid = fixture.helper_pid("slow") => pid,
+        };
+        drop(lookup);
+        assert!(gone(pid).await, "the helper {pid} still runs");
+    });
 }
