@@ -32,8 +32,8 @@
 //!   parsing), with `created` set to `SOURCE_DATE_EPOCH`, no container id or hostname, and its
 //!   JSON keys sorted.
 //! - Its `history` is the base image's, then Kiln's entry: `created` = `SOURCE_DATE_EPOCH`,
-//!   `created_by` = `kiln build docker.NAME` (the source's name, from the build container's
-//!   name: `commit` is not given the build's name), `comment` = `message` and
+//!   `created_by` = `kiln build BUILD` (the build's name, e.g. `hello.docker.app`; no run or
+//!   container id, no time), `comment` = `message` and
 //!   `author` = `author` when set. The base entries come from `GET /images/{id}/history`
 //!   (`created` to the second; no `author`, which that endpoint does not give), with
 //!   `empty_layer` set where the layer sizes tell: entries of size 0 are empty when the sized
@@ -54,7 +54,7 @@ use std::io::Read;
 
 use bollard::models::{ChangeType, ImageHistoryResponseItem, ImageInspect};
 use bollard::query_parameters::{
-    DownloadFromContainerOptions, ImportImageOptions, InspectContainerOptions, RemoveImageOptions,
+    DownloadFromContainerOptions, ImportImageOptions, RemoveImageOptions,
 };
 use bollard::Docker;
 use futures_util::{Stream, StreamExt, TryStreamExt};
@@ -128,6 +128,7 @@ pub(crate) async fn commit(
     base: &ImageInspect,
     s: &Settings,
     epoch: i64,
+    build_name: &str,
 ) -> Result<String, BoxError> {
     let changes = docker
         .container_changes(id)
@@ -153,7 +154,7 @@ pub(crate) async fn commit(
     let diff_id = layer
         .as_ref()
         .map(|l| format!("sha256:{}", hex::encode(Sha256::digest(l))));
-    let history = history(docker, id, base, s, epoch, layer.is_none()).await?;
+    let history = history(docker, base, s, epoch, build_name, layer.is_none()).await?;
     let config = config_bytes(docker, id, base, s, epoch, diff_id, history).await?;
     let image_id = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
     if let Some(dir) = &s.oci_layout {
@@ -435,22 +436,18 @@ async fn config_bytes(
 /// The image's history: the base image's entries, oldest first, then Kiln's.
 async fn history(
     docker: &Docker,
-    container: &str,
     base: &ImageInspect,
     s: &Settings,
     epoch: i64,
+    build_name: &str,
     empty_layer: bool,
 ) -> Result<Vec<Value>, BoxError> {
     let image = base.id.clone().unwrap_or_default();
     let mut entries = base_history(docker, &image, diff_ids_of(base).len())
         .await
         .map_err(|source| ReproducibleError::History { image, source })?;
-    let name = docker
-        .inspect_container(container, None::<InspectContainerOptions>)
-        .await?
-        .name
-        .unwrap_or_default();
-    let mut own = json!({ "created": rfc3339(epoch), "created_by": created_by(&name) });
+    let mut own =
+        json!({ "created": rfc3339(epoch), "created_by": format!("kiln build {build_name}") });
     if let Some(message) = &s.message {
         own["comment"] = message.clone().into();
     }
@@ -462,21 +459,6 @@ async fn history(
     }
     entries.push(own);
     Ok(entries)
-}
-
-/// `kiln build docker.NAME`, NAME being the source's name as the build container's name
-/// (`kiln-RUN-NAME`, see `steps::container_name`) carries it: no run or container id, no time.
-fn created_by(container_name: &str) -> String {
-    let source = container_name
-        .trim_start_matches('/')
-        .strip_prefix("kiln-")
-        .and_then(|rest| rest.split_once('-'))
-        .filter(|(run, name)| run.len() == 12 && !name.is_empty())
-        .map(|(_, name)| name);
-    match source {
-        Some(name) => format!("kiln build {}.{name}", crate::TYPE_NAME),
-        None => "kiln build".to_string(),
-    }
 }
 
 /// The history entries of the base image `image` (which has `layers` layers), oldest first.
@@ -983,19 +965,6 @@ mod tests {
                 (own("opt/bb2"), Link, Some(own("opt/bb")), vec![]),
             ]
         );
-    }
-
-    #[test]
-    fn kiln_history_entries_name_the_source_only() {
-        assert_eq!(
-            created_by("/kiln-0123456789ab-repro"),
-            "kiln build docker.repro"
-        );
-        assert_eq!(
-            created_by("/kiln-0123456789ab-a-b"),
-            "kiln build docker.a-b"
-        );
-        assert_eq!(created_by("/other"), "kiln build");
     }
 
     fn item(created: i64, created_by: &str, size: i64) -> ImageHistoryResponseItem {

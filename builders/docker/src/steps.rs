@@ -423,7 +423,9 @@ impl Step<State> for Finish<'_> {
                 let base = state.base.as_ref().expect("prepare image runs first");
                 let image_id = match s.source_date_epoch {
                     Some(epoch) => {
-                        crate::reproducible::commit(state.docker(), &id, base, s, epoch).await?
+                        let build = &ctx.build_name;
+                        crate::reproducible::commit(state.docker(), &id, base, s, epoch, build)
+                            .await?
                     }
                     None => commit(state.docker(), &id, base, s).await?,
                 };

@@ -316,6 +316,8 @@ build {{
 
     // After the push: the same image, and the digest the registry serves for the tag.
     let pushed = &builds[1];
+    // The builder's type, as Packer writes it, not the post-processor's that made the artifact.
+    assert_eq!(pushed["builder_type"], "docker", "{pushed}");
     assert_eq!(pushed["artifact_id"], image.as_str(), "{pushed}");
     assert_eq!(pushed["data"]["ImageId"], image.as_str());
     assert_eq!(pushed["data"]["RepoTags"], serde_json::json!([name]));

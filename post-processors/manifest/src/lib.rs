@@ -155,7 +155,9 @@ impl Manifest {
         });
         let record = BuildRecord {
             name: &ctx.source_name,
-            builder_type: &artifact.builder_type,
+            // The builder's type, as Packer writes it, even after other post-processors made
+            // the artifact (`docker-push`).
+            builder_type: &ctx.source_type,
             build_time,
             files,
             artifact_id: &artifact.id,
