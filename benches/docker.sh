@@ -49,10 +49,18 @@ http:
 YAML
 docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 registry_pid=$!
+# Ready when it answers `/v2/` (within 10 s), or the bench stops with its log.
+ready=""
 for _ in $(seq 200); do
-    curl -sf "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break
+    curl -sf "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && { ready=1; break; }
+    kill -0 "$registry_pid" 2>/dev/null || break
     sleep 0.05
 done
+if [[ -z "$ready" ]]; then
+    echo "docker-registry did not answer on 127.0.0.1:$port; its log:" >&2
+    cat "$work/registry.log" >&2
+    exit 1
+fi
 
 # The base image: busybox, imported (nothing is pulled).
 mkdir -p "$work/rootfs/bin" "$work/rootfs/tmp" "$work/rootfs/etc"
