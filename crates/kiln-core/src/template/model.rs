@@ -548,7 +548,8 @@ fn source_list(attr: &RawAttr, diags: &mut Diagnostics) -> Vec<SourceRef> {
     out
 }
 
-/// The `packer` block: `required_version` is accepted; plugins are built in.
+/// The `packer` block: `required_version` must be a version constraint (it names Packer
+/// versions, so it is not checked against Kiln's); plugins are built in.
 fn packer_block(block: &RawBlock, diags: &mut Diagnostics) {
     check_labels(block, &[], diags);
     check_body(
@@ -558,6 +559,27 @@ fn packer_block(block: &RawBlock, diags: &mut Diagnostics) {
         &["required_plugins"],
         diags,
     );
+    for attr in block
+        .body
+        .attrs
+        .iter()
+        .filter(|a| a.key == "required_version")
+    {
+        let problem = match &attr.expr {
+            hcl::Expression::String(text) => version_constraint_error(text),
+            _ => Some("it must be a literal string, such as \">= 1.7.0\"".to_string()),
+        };
+        if let Some(problem) = problem {
+            diags.push(
+                Diagnostic::error(format!("invalid `required_version`: {problem}"))
+                    .at(attr.span)
+                    .with_help(
+                        "write constraints as Packer does, separated by commas: \
+                         `>= 1.7.0`, `~> 1.9`, `>= 1.7, < 2.0`, `!= 1.8.1`",
+                    ),
+            );
+        }
+    }
     for plugins in block
         .body
         .blocks
@@ -581,9 +603,62 @@ fn packer_block(block: &RawBlock, diags: &mut Diagnostics) {
     }
 }
 
+/// Why `text` is not a version constraint as HashiCorp's go-version reads it (comma-separated
+/// `OPERATOR VERSION`, the operator one of `=`, `!=`, `>`, `<`, `>=`, `<=`, `~>` or none, the
+/// version `1`, `1.7` or `1.7.0` with an optional `v`, `-prerelease` and `+metadata`); `None`
+/// when it is one.
+fn version_constraint_error(text: &str) -> Option<String> {
+    for part in text.split(',') {
+        let part = part.trim();
+        let version = ["~>", ">=", "<=", "!=", ">", "<", "="]
+            .iter()
+            .find_map(|op| part.strip_prefix(op))
+            .unwrap_or(part)
+            .trim();
+        let plain = version.strip_prefix('v').unwrap_or(version);
+        let core = plain.split(['-', '+']).next().unwrap_or_default();
+        let tail_ok = plain[core.len()..]
+            .split(['-', '+'])
+            .skip(1)
+            .all(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'));
+        let numbers: Vec<&str> = core.split('.').collect();
+        let core_ok = (1..=3).contains(&numbers.len())
+            && numbers
+                .iter()
+                .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+        if !core_ok || !tail_ok {
+            return Some(if part.is_empty() {
+                format!("`{text}` has an empty constraint")
+            } else {
+                format!("`{part}` is not a version constraint")
+            });
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_version_constraints_as_packer_does() {
+        for ok in [
+            ">= 1.7.0",
+            "~> 1.9",
+            ">= 1.7, < 2.0",
+            "1.8.3",
+            "= v1.10.0-beta1",
+            "!= 1.8.1+ent",
+        ] {
+            assert_eq!(version_constraint_error(ok), None, "{ok}");
+        }
+        for bad in [
+            ">= 1.x", "", ">= 1.7,", "=> 1.7", "1.2.3.4", "latest", ">= 1.7-",
+        ] {
+            assert!(version_constraint_error(bad).is_some(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn splits_source_references() {
