@@ -4,6 +4,10 @@
 //! `kiln-core` knows nothing about QEMU, Docker or any other builder, and never prints: everything
 //! it has to say goes out as [`event::Event`]s, rendered by the CLI.
 
+// A `Diagnostic` (message, label, help, span, secrets) is the error of template functions; it
+// exists only on the error path, where its size costs nothing worth boxing it for.
+#![allow(clippy::result_large_err)]
+
 pub mod artifact;
 pub mod component;
 pub mod diag;

@@ -4,6 +4,8 @@
 //! line: `-var NAME=VALUE`, `-var-file PATH` (relative to `tests/fixtures`) or `env NAME=VALUE`.
 //! Also: variable precedence, build selection and a few API-level checks.
 
+#![allow(clippy::result_large_err)] // `Diagnostic` errors, as in the crate itself
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
