@@ -91,9 +91,14 @@ fn expected_error(name: &str) -> String {
         .unwrap_or_else(|| panic!("no error in {}", snap.display()))
 }
 
-/// Fixtures about component kinds that only the template tests' own registry has (a `docker`
-/// kind with a required option): the real binary must reject them too, for its own reason.
-const REGISTRY_SPECIFIC: &[&str] = &["missing-required-option.pkr.hcl"];
+/// Fixtures about component kinds and options that only the template tests' own registry has (a
+/// `docker` kind with a required option, a `null` source with a `volume` block): the real binary
+/// must reject them too, for its own reason.
+const REGISTRY_SPECIFIC: &[&str] = &[
+    "missing-required-option.pkr.hcl",
+    "nested-block-bad-type.pkr.hcl",
+    "nested-block-unknown-attribute.pkr.hcl",
+];
 
 #[test]
 fn validate_rejects_every_malformed_fixture_with_its_diagnostic() {

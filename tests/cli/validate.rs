@@ -208,3 +208,39 @@ build {
         assert!(!err.contains(secret), "`{secret}` shown: {err}");
     }
 }
+
+/// The attributes of the qemu builder's `qemu_img_args` block are checked like top-level
+/// options: a misspelt one is named with a suggestion, a wrong type at its value.
+#[test]
+fn qemu_img_args_attributes_are_checked() {
+    let k = Kiln::new();
+    k.write(
+        "q.pkr.hcl",
+        r#"source "qemu" "q" {
+  iso_url      = "base.qcow2"
+  iso_checksum = "none"
+  disk_image   = true
+  communicator = "none"
+  qemu_img_args {
+    conver = ["-c"]
+    create = 3
+  }
+}
+
+build {
+  sources = ["source.qemu.q"]
+}
+"#,
+    );
+    let r = k.run(&["validate", "-color=false", "q.pkr.hcl"]);
+    r.expect_code(2);
+    let err = r.stderr();
+    assert!(
+        err.contains("unknown attribute `conver` in a `qemu_img_args` block of source `qemu.q`"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `convert`?"), "{err}");
+    assert!(err.contains("q.pkr.hcl:7:5"), "{err}");
+    assert!(err.contains("invalid value for `create`"), "{err}");
+    assert!(err.contains("q.pkr.hcl:8:14"), "{err}");
+}
