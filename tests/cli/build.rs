@@ -832,3 +832,80 @@ fn meta_arguments_work_with_shell_local() {
         "{b_end}"
     );
 }
+
+/// Ctrl-C during a docker build: the build container is removed and kiln exits 130.
+#[test]
+fn interrupting_a_docker_build_removes_its_container() {
+    use kiln_testkit::docker::{busybox_image, container_names, engine};
+    use std::io::BufRead;
+    if engine().is_none() {
+        return;
+    }
+    let k = Kiln::new();
+    let source = format!("ctrlc{}", std::process::id());
+    let template = format!(
+        "source \"docker\" \"{source}\" {{\n  image  = \"{}\"\n  commit = true\n}}\n\
+         build {{\n  sources = [\"source.docker.{source}\"]\n  provisioner \"shell\" {{\n    \
+         inline = [\"echo started\", \"sleep 600\"]\n  }}\n}}\n",
+        busybox_image(&[])
+    );
+    k.write("d.pkr.hcl", &template);
+    let mut child = k
+        .cmd(&["build", "--json", "d.pkr.hcl"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let kiln_pid = child.id() as i32;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let ours = |name: &String| name.starts_with("kiln-") && name.ends_with(&format!("-{source}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let container = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the provisioner never started: {seen:?}"
+        );
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(50)) {
+            seen.push(line);
+        }
+        let started = seen.iter().any(|l| l.contains("\"line\":\"started\""));
+        if let Some(name) = container_names().into_iter().find(|n| ours(n)) {
+            if started {
+                break name;
+            }
+        }
+    };
+    // SAFETY: sending a signal to the child we spawned.
+    assert_eq!(unsafe { libc::kill(kiln_pid, libc::SIGINT) }, 0);
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done_tx.send(child.wait_with_output()));
+    let out = match done.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: as above.
+            unsafe { libc::kill(kiln_pid, libc::SIGKILL) };
+            panic!("kiln did not exit within 60 s of SIGINT");
+        }
+    };
+    seen.extend(lines.try_iter());
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{seen:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: Vec<String> = container_names().into_iter().filter(|n| ours(n)).collect();
+    assert!(
+        left.is_empty(),
+        "{container} survived the interrupt: {left:?}"
+    );
+}

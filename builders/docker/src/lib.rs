@@ -20,6 +20,8 @@ use serde::Deserialize;
 mod reproducible;
 mod steps;
 
+pub use steps::platform_mismatch;
+
 /// The type name in templates.
 pub const TYPE_NAME: &str = "docker";
 

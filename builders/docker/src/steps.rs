@@ -192,7 +192,7 @@ impl Step<State> for PrepareImage<'_> {
 /// The platform of `image` (`os/arch[/variant]`) when it is not the `wanted` one (`os[/arch
 /// [/variant]]`; empty: any). A part the engine does not report, or `wanted` leaves out, is not
 /// compared.
-pub(crate) fn platform_mismatch(wanted: &str, image: &ImageInspect) -> Option<String> {
+pub fn platform_mismatch(wanted: &str, image: &ImageInspect) -> Option<String> {
     let have = [&image.os, &image.architecture, &image.variant]
         .map(|part| platform_part(part.as_deref().unwrap_or_default()));
     let differs = wanted

@@ -9,14 +9,15 @@ use bollard::models::ContainerCreateBody;
 use kiln_core::event::{EventKind, EventSink, Redactor};
 use kiln_core::runner::{run_plan, OnError, RunOptions};
 use kiln_testkit::docker::{
-    busybox_image, debian_image, engine, inspect_image, remove_image, RemoveOnDrop,
+    busybox_image, debian_image, engine, has_image, inspect_image, push_image, registry,
+    remove_image, tag_image, RemoveOnDrop,
 };
 
 mod support;
 
 use support::{
-    artifact_id, assert_no_container_of, build, containers_of, docker, repo_dir, run_image,
-    template_dir,
+    artifact_id, assert_no_container_of, build, containers_of, docker, one_source_template,
+    repo_dir, run_image, template_dir, RemoveImageOnDrop,
 };
 
 /// The image config carries nothing of the build container.
@@ -171,18 +172,144 @@ async fn on_error_abort_keeps_the_container_and_reports_it() {
     let kept = containers_of(run_id);
     assert_eq!(kept.len(), 1, "{kept:?}");
     let _guard = RemoveOnDrop(kept[0].clone());
-    let leftovers: Vec<&String> = events
+    // The report names the kept container by its full id, as the engine knows it.
+    let id = docker()
+        .await
+        .inspect_container(&kept[0], None)
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    let leftovers: Vec<(&String, Option<&String>)> = events
         .iter()
         .filter_map(|e| match e {
-            EventKind::Leftover { how_to_reach, .. } => how_to_reach.as_ref(),
+            EventKind::Leftover { what, how_to_reach } => Some((what, how_to_reach.as_ref())),
             _ => None,
         })
         .collect();
     assert_eq!(leftovers.len(), 1, "{events:?}");
-    assert!(
-        leftovers[0].starts_with("docker exec -it "),
-        "{leftovers:?}"
+    let (what, how) = leftovers[0];
+    assert_eq!(what, &format!("docker container {id}"));
+    assert_eq!(how, Some(&format!("docker exec -it {id} /bin/sh")));
+}
+
+/// The texts of the run's messages.
+fn messages(events: &[EventKind]) -> Vec<&str> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EventKind::Message { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pull_true_pulls_an_image_the_engine_does_not_have() {
+    if engine().is_none() {
+        return;
+    }
+    let Some(reg) = registry() else { return };
+    // An image of this test's own, so that removing it takes nothing from other tests: pushed
+    // to the registry, then removed from the engine.
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let local = busybox_image(&[&format!("LABEL kiln.test.pull={unique}")]);
+    let base_id = inspect_image(&local)["Id"].as_str().unwrap().to_string();
+    let _base = RemoveImageOnDrop(base_id.clone());
+    let repo = format!("{}/kiln/pull", reg.host());
+    let remote = format!("{repo}:{unique}");
+    tag_image(&local, &repo, &unique);
+    push_image(&repo, &unique);
+    remove_image(&remote);
+    remove_image(&local);
+    assert!(!has_image(&base_id), "{base_id} is still present");
+
+    let dir = one_source_template(
+        "pulled",
+        &remote,
+        "pull = true",
+        "provisioner \"shell\" {\n    inline = [\"echo pulled > /pulled.txt\"]\n  }",
     );
+    let (summary, events, run_id) = build(dir.path(), &[], OnError::Cleanup).await;
+    let image = artifact_id(&summary);
+    let _image = RemoveImageOnDrop(image.clone());
+    assert_no_container_of(run_id);
+    let pulls: Vec<&str> = messages(&events)
+        .into_iter()
+        .filter(|m| m.starts_with(&format!("pull {remote}: ")))
+        .collect();
+    assert!(!pulls.is_empty(), "no pull reported: {events:?}");
+    // The engine has the base again, under its name, and the build is made from it.
+    assert_eq!(inspect_image(&remote)["Id"], base_id.as_str());
+    assert_eq!(
+        summary.builds[0].artifacts[0].data["BaseImageId"],
+        base_id.as_str()
+    );
+    let docker = docker().await;
+    let inside = "cat /pulled.txt";
+    assert_eq!(
+        run_image(&docker, &image, Some(&["sh", "-c", inside])).await,
+        "pulled\n"
+    );
+    assert_eq!(
+        inspect_image(&image)["Config"]["Labels"]["kiln.test.pull"],
+        unique.as_str()
+    );
+}
+
+#[tokio::test]
+async fn discard_leaves_no_image_and_its_artifact_is_the_base_image() {
+    if engine().is_none() {
+        return;
+    }
+    let base = busybox_image(&[]);
+    let base_id = inspect_image(&base)["Id"].as_str().unwrap().to_string();
+    // Were the container committed after all, the image would carry this label.
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let dir = template_dir(&format!(
+        r#"
+source "docker" "thrown" {{
+  image   = "{base}"
+  discard = true
+  changes = ["LABEL kiln.test.discard={unique}"]
+}}
+build {{
+  sources = ["source.docker.thrown"]
+  provisioner "shell" {{
+    inline = ["echo provisioned > /provisioned.txt", "cat /provisioned.txt"]
+  }}
+}}
+"#
+    ));
+    let (summary, events, run_id) = build(dir.path(), &[], OnError::Cleanup).await;
+    // The provisioner ran in the container that was then thrown away.
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, EventKind::Output { line, .. } if line == "provisioned")),
+        "{events:?}"
+    );
+    let artifact = &summary.builds[0].artifacts[0];
+    assert_eq!(artifact_id(&summary), base_id);
+    assert!(artifact.files.is_empty(), "{artifact:?}");
+    assert_eq!(artifact.data["BaseImageId"], base_id.as_str());
+    assert_eq!(artifact.data["BaseImage"], base.as_str());
+    assert!(artifact.data.get("ImageId").is_none(), "{artifact:?}");
+    assert!(!messages(&events)
+        .iter()
+        .any(|m| m.starts_with("committed image")));
+    assert_no_container_of(run_id);
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![format!("kiln.test.discard={unique}")],
+    )]);
+    let options = bollard::query_parameters::ListImagesOptions {
+        all: true,
+        filters: Some(filters),
+        ..Default::default()
+    };
+    let images = docker().await.list_images(Some(options)).await.unwrap();
+    assert!(images.is_empty(), "discard left images: {images:?}");
 }
 
 #[tokio::test]
@@ -423,6 +550,15 @@ build {{
     assert_eq!(manifest["config"]["digest"], image.as_str());
     let config: serde_json::Value =
         serde_json::from_slice(&blob(&manifest["config"]["digest"])).unwrap();
+    // Nothing of the build container: no container id, its config or hostname.
+    for key in ["container", "container_config"] {
+        assert!(
+            config.get(key).is_none_or(|v| v.is_null() || v == ""),
+            "{key} in {config}"
+        );
+    }
+    assert_eq!(config["config"]["Hostname"].as_str().unwrap_or(""), "");
+    assert_eq!(config["created"], "1970-01-01T00:00:00Z");
     let layers = manifest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 2);
     for (layer, diff_id) in layers

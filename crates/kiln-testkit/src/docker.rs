@@ -5,7 +5,8 @@
 //! the whole suite); when none answers it starts `dockerd --iptables=false --bridge=none` once per
 //! test process. That daemon is started from a keeper thread that lives as long as the process
 //! and is tied to it with `PR_SET_PDEATHSIG`, so it stops when the test process exits, whatever
-//! way it exits. [`registry`] does the same for `docker-registry serve` on `127.0.0.1`.
+//! way it exits. [`registry`] does the same for `docker-registry serve` on `127.0.0.1`, and
+//! [`auth_registry`] for a second one that requires a login (HTTP basic auth).
 //!
 //! Base images are imported through the Engine API (`POST /images/create?fromSrc=-`) from a
 //! rootfs tarball built here from Debian's `busybox-static`, tagged by the tarball's hash.
@@ -85,6 +86,8 @@ fn wait_for_previous_daemon() {
 #[derive(Debug)]
 pub struct Registry {
     port: u16,
+    /// The one account of a registry that requires authentication ([`auth_registry`]).
+    login: Option<(String, String)>,
 }
 
 impl Registry {
@@ -96,16 +99,34 @@ impl Registry {
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// The user name and password the registry accepts, if it requires them.
+    pub fn login(&self) -> Option<(&str, &str)> {
+        self.login.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// The status of an anonymous `GET /v2/`: 200, or 401 when the registry requires a login.
+    pub fn anonymous_status(&self) -> u16 {
+        v2_status(self.port).expect("the registry answers `GET /v2/`")
+    }
 }
 
 /// The process's registry, started on first use. `None` when `docker-registry` is not installed
 /// and `CI` is unset.
 pub fn registry() -> Option<&'static Registry> {
     static REG: OnceLock<Option<Registry>> = OnceLock::new();
-    REG.get_or_init(start_registry).as_ref()
+    REG.get_or_init(|| start_registry(false)).as_ref()
 }
 
-fn start_registry() -> Option<Registry> {
+/// A second registry of the process that refuses anonymous access: it takes HTTP basic auth
+/// (`auth: htpasswd`) for the one account of [`Registry::login`], a user name and a random
+/// password made for this process. `None` as for [`registry`].
+pub fn auth_registry() -> Option<&'static Registry> {
+    static REG: OnceLock<Option<Registry>> = OnceLock::new();
+    REG.get_or_init(|| start_registry(true)).as_ref()
+}
+
+fn start_registry(auth: bool) -> Option<Registry> {
     if !Path::new(REGISTRY).exists() {
         missing(REGISTRY, "docker-registry");
         return None;
@@ -119,36 +140,76 @@ fn start_registry() -> Option<Registry> {
         .keep();
     remove_at_exit(dir.clone());
     let port = super::free_port();
-    let config = dir.join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-             delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
+    let mut config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
+         delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        dir.join("data").display()
+    );
+    let login = auth.then(|| {
+        let user = "kiln".to_string();
+        let password = random_password(&dir);
+        let htpasswd = dir.join("htpasswd");
+        std::fs::write(&htpasswd, format!("{user}:{}\n", bcrypt(&password))).unwrap();
+        config.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+            htpasswd.display()
+        ));
+        (user, password)
+    });
+    let config_path = dir.join("config.yml");
+    std::fs::write(&config_path, config).unwrap();
     let log = dir.join("registry.log");
     let mut command = Command::new(REGISTRY);
-    command.arg("serve").arg(&config);
+    command.arg("serve").arg(&config_path);
     keep(command, &log);
+    // A registry that requires a login answers 401 to an anonymous client.
+    let ready = if auth { 401 } else { 200 };
     wait_until("the registry answers `GET /v2/`", &log, || {
-        registry_answers(port)
+        v2_status(port) == Some(ready)
     });
-    Some(Registry { port })
+    Some(Registry { port, login })
 }
 
-fn registry_answers(port: u16) -> bool {
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
+/// A password nobody else knows: the hash of fresh random bytes and of this process.
+fn random_password(dir: &Path) -> String {
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .expect("read /dev/urandom");
+    let mut hash = Sha256::new();
+    hash.update(seed);
+    hash.update(dir.as_os_str().as_encoded_bytes());
+    hex(&hash.finalize())[..24].to_string()
+}
+
+/// The bcrypt hash of `password` (the only kind the registry's htpasswd reads), made by
+/// libxcrypt through Python's `crypt` (`$2b$`, which the registry's Go bcrypt accepts) at the
+/// lowest cost: the registry checks it on every request.
+fn bcrypt(password: &str) -> String {
+    let script = "import crypt, sys\n\
+                  print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))";
+    let out = Command::new("python3")
+        .args(["-W", "ignore", "-c", script, password])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run python3 to hash the registry password");
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        out.status.success() && hash.starts_with("$2"),
+        "python3 made no bcrypt hash: {hash:?}"
+    );
+    hash
+}
+
+/// The status of an anonymous `GET /v2/` on the registry at `port`.
+fn v2_status(port: u16) -> Option<u16> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     let mut response = String::new();
     stream
         .write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .and_then(|()| stream.read_to_string(&mut response))
-        .is_ok()
-        && response.starts_with("HTTP/1.0 200")
+        .ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Files and directories of this process's daemons, removed when the process exits.
@@ -238,11 +299,21 @@ fn ping() -> bool {
 
 /// One HTTP/1.0 request to the engine (so the answer is neither chunked nor kept alive).
 fn api(method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    api_with(method, path, "", body)
+}
+
+/// [`api`] with more `headers` (each line ending in `\r\n`).
+fn api_with(
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
     let mut stream = UnixStream::connect(SOCKET)?;
     write!(
         stream,
         "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Type: application/x-tar\r\n\
-         Content-Length: {}\r\n\r\n",
+         {headers}Content-Length: {}\r\n\r\n",
         body.len()
     )?;
     stream.write_all(body)?;
@@ -323,6 +394,46 @@ pub fn remove_image(name: &str) {
         matches!(status, 200 | 404),
         "removing image {name} failed ({status}): {}",
         String::from_utf8_lossy(&body)
+    );
+}
+
+/// Whether the engine has an image of this name or id.
+pub fn has_image(name: &str) -> bool {
+    let (status, body) = api("GET", &format!("/images/{name}/json"), &[]).expect("inspect image");
+    assert!(
+        matches!(status, 200 | 404),
+        "inspecting image {name} failed ({status}): {}",
+        String::from_utf8_lossy(&body)
+    );
+    status == 200
+}
+
+/// Gives `image` the name `repo:tag` too (`docker tag`).
+pub fn tag_image(image: &str, repo: &str, tag: &str) {
+    let path = format!(
+        "/images/{image}/tag?repo={}&tag={}",
+        percent_encode(repo),
+        percent_encode(tag)
+    );
+    let (status, body) = api("POST", &path, &[]).expect("tag image");
+    assert_eq!(
+        status,
+        201,
+        "tagging {image} as {repo}:{tag} failed: {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+/// Pushes `repo:tag` anonymously (`docker push`); panics with the engine's error.
+pub fn push_image(repo: &str, tag: &str) {
+    let path = format!("/images/{repo}/push?tag={}", percent_encode(tag));
+    // No credentials: the JSON `{}`.
+    let (status, body) =
+        api_with("POST", &path, "X-Registry-Auth: e30=\r\n", &[]).expect("push image");
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        status == 200 && !body.contains("\"error"),
+        "pushing {repo}:{tag} failed ({status}): {body}"
     );
 }
 
@@ -459,6 +570,48 @@ mod tests {
     #[test]
     fn registry_answers_on_loopback() {
         let Some(registry) = registry() else { return };
-        assert!(registry_answers(registry.port()));
+        assert_eq!(registry.anonymous_status(), 200);
+        assert!(registry.login().is_none());
+    }
+
+    #[test]
+    fn auth_registry_refuses_anonymous_clients_and_takes_its_login() {
+        let Some(registry) = auth_registry() else {
+            return;
+        };
+        assert_eq!(registry.anonymous_status(), 401);
+        let (user, password) = registry.login().unwrap();
+        let basic = |user: &str, password: &str| {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", registry.port())).unwrap();
+            let token = base64(format!("{user}:{password}").as_bytes());
+            write!(
+                stream,
+                "GET /v2/ HTTP/1.0\r\nHost: localhost\r\nAuthorization: Basic {token}\r\n\r\n"
+            )
+            .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            response.split_whitespace().nth(1).unwrap().to_string()
+        };
+        assert_eq!(basic(user, password), "200");
+        assert_eq!(basic(user, "wrong"), "401");
+    }
+
+    /// Standard base64 with padding.
+    fn base64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |n, b| n << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
     }
 }

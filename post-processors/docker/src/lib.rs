@@ -102,6 +102,15 @@ pub enum DockerPostError {
     },
     #[error("cancelled while looking up the credentials for `{registry}`")]
     Cancelled { registry: String },
+    #[error(
+        "the engine imported `{name}` for `{actual}`, not for the platform `{wanted}` (some \
+         engines keep only the operating system of an import's platform)"
+    )]
+    ImportPlatform {
+        name: String,
+        wanted: String,
+        actual: String,
+    },
     #[error("cannot inspect image `{image}`")]
     Inspect {
         image: String,
@@ -689,15 +698,31 @@ impl PostProcessor for Import {
                 return Err(import_error(detail.message.unwrap_or_default().into()).into());
             }
         }
-        let image = docker
-            .inspect_image(&name)
-            .await
-            .map_err(|source| DockerPostError::Inspect {
-                image: name.clone(),
-                source,
-            })?
-            .id
-            .unwrap_or_default();
+        let inspect =
+            docker
+                .inspect_image(&name)
+                .await
+                .map_err(|source| DockerPostError::Inspect {
+                    image: name.clone(),
+                    source,
+                })?;
+        let image = inspect.id.clone().unwrap_or_default();
+        // An engine that ignores part of `platform` would otherwise leave an image of another
+        // platform than the template says, silently.
+        if let Some(actual) = docker::platform_mismatch(&self.platform, &inspect) {
+            let options = bollard::query_parameters::RemoveImageOptions {
+                force: true,
+                noprune: false,
+                platforms: None,
+            };
+            docker.remove_image(&name, Some(options), None).await.ok();
+            return Err(DockerPostError::ImportPlatform {
+                name,
+                wanted: self.platform.clone(),
+                actual,
+            }
+            .into());
+        }
         ctx.events
             .message(Level::Info, format!("imported {name} as {image}"));
         let mut artifact = image_artifact(
