@@ -232,6 +232,39 @@ async fn host_key_checks() {
     );
 }
 
+/// Connects with `config`, which must fail; returns the error and how long the attempt took.
+async fn failed_connect(config: &SshConfig) -> (ConnectError, Duration) {
+    let started = Instant::now();
+    let error = SshCommunicator::connect(config)
+        .await
+        .err()
+        .expect("the connection fails");
+    (error, started.elapsed())
+}
+
+/// The error of a connection that ran out of `ssh_timeout` names how long it waited
+/// (`... after 1.0s`), and that is the time the attempt took (`measured`).
+fn assert_names_the_wait(error: &ConnectError, measured: Duration) {
+    let text = error.to_string();
+    let shown = text
+        .rsplit_once(" after ")
+        .and_then(|(_, time)| time.strip_suffix('s'))
+        .and_then(|secs| secs.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no waited time at the end of `{text}`"));
+    let measured = measured.as_secs_f64();
+    assert!(
+        shown <= measured + 0.05 && shown >= measured - 0.3,
+        "`{text}` after {measured:.2}s"
+    );
+    let ConnectError::TimedOut { waited, .. } = error else {
+        panic!("expected a timeout, got {}", chain(error));
+    };
+    assert_eq!(
+        format!("{:.1}", waited.as_secs_f64()),
+        format!("{shown:.1}")
+    );
+}
+
 #[tokio::test]
 async fn timeout_names_a_refused_connection() {
     let config = SshConfig {
@@ -242,18 +275,12 @@ async fn timeout_names_a_refused_connection() {
         ssh_timeout: Duration::from_millis(800),
         ..Default::default()
     };
-    let started = Instant::now();
-    let error = SshCommunicator::connect(&config)
-        .await
-        .err()
-        .expect("nothing listens");
-    let waited = started.elapsed();
+    let (error, waited) = failed_connect(&config).await;
     assert!(
         waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
-    let text = chain(&error);
-    assert!(text.contains("after 0."), "{text}");
+    assert_names_the_wait(&error, waited);
     match error {
         ConnectError::TimedOut {
             last: AttemptError::Tcp { source, .. },
@@ -282,10 +309,7 @@ async fn timeout_names_a_missing_banner() {
         ssh_timeout: Duration::from_secs(1),
         ..Default::default()
     };
-    let error = SshCommunicator::connect(&config)
-        .await
-        .err()
-        .expect("no banner");
+    let (error, measured) = failed_connect(&config).await;
     hold.abort();
     let text = chain(&error);
     assert!(text.contains("sent no SSH banner"), "{text}");
@@ -296,6 +320,8 @@ async fn timeout_names_a_missing_banner() {
             ..
         }
     ));
+    assert_names_the_wait(&error, measured);
+    assert!(measured >= config.ssh_timeout, "gave up after {measured:?}");
 }
 
 #[tokio::test]
@@ -320,13 +346,10 @@ async fn rejected_logins_are_named_and_not_retried_forever() {
     // With many attempts allowed, the timeout ends it and names the rejection.
     let patient = SshConfig {
         ssh_handshake_attempts: 1000,
-        ssh_timeout: Duration::from_secs(1),
+        ssh_timeout: Duration::from_secs(2),
         ..stranger
     };
-    let error = SshCommunicator::connect(&patient)
-        .await
-        .err()
-        .expect("unknown key");
+    let (error, measured) = failed_connect(&patient).await;
     let text = chain(&error);
     assert!(text.contains("rejected the login as `root`"), "{text}");
     assert!(matches!(
@@ -336,6 +359,12 @@ async fn rejected_logins_are_named_and_not_retried_forever() {
             ..
         }
     ));
+    assert_names_the_wait(&error, measured);
+    // It gives up when the next attempt (at most a second away) would start too late.
+    assert!(
+        measured >= Duration::from_secs(1),
+        "gave up after {measured:?}"
+    );
 
     let password = SshConfig {
         ssh_private_key_file: None,
@@ -453,6 +482,7 @@ async fn upload_and_download_a_tree_of_1000_files() {
     make_tree(local.path());
     let remote_root = tempfile::tempdir().unwrap();
     let remote = remote_root.path().join("dest with space and 'quote'");
+    let sessions = sshd.sessions_started();
     comm.upload_dir(
         local.path(),
         remote.to_str().unwrap(),
@@ -463,6 +493,17 @@ async fn upload_and_download_a_tree_of_1000_files() {
     let sent = tree(local.path());
     assert_eq!(sent.len(), 1000);
     assert!(sent == tree(&remote), "the uploaded tree differs");
+    // One tar stream: a command or two on the machine, not one per file. sshd logged the
+    // session before running it; the fixture's reader thread may take a moment to see the line.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sshd.sessions_started() == sessions && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let upload_sessions = sshd.sessions_started() - sessions;
+    assert!(
+        (1..=3).contains(&upload_sessions),
+        "{upload_sessions} sessions for one directory upload"
+    );
 
     let back = tempfile::tempdir().unwrap();
     comm.download_dir(remote.to_str().unwrap(), back.path())
@@ -574,6 +615,64 @@ async fn through_a_bastion() {
     );
 }
 
+/// The user `password_login` and `a_bastion_with_its_own_user_and_password` log in as.
+const PASSWORD_USER: &str = "kiln-ssh-test";
+const PASSWORD: &str = "correct horse";
+
+/// `ssh_bastion_username` and `ssh_bastion_password`: the jump host takes another user, by
+/// password (no key is offered to it), while the machine behind it takes root's key.
+#[tokio::test]
+async fn a_bastion_with_its_own_user_and_password() {
+    let bastion = sshd!(SshdOptions {
+        password_auth: true,
+        ..Default::default()
+    });
+    let target = sshd!();
+    if !ensure_password_user(PASSWORD_USER, PASSWORD) {
+        return;
+    }
+    let through = |password: &str| SshConfig {
+        ssh_bastion_host: Some("127.0.0.1".into()),
+        ssh_bastion_port: bastion.port(),
+        ssh_bastion_username: Some(PASSWORD_USER.into()),
+        ssh_bastion_password: Some(kiln_comm::ssh::Secret::new(password)),
+        ssh_handshake_attempts: 1,
+        ..config(&target)
+    };
+    let comm = SshCommunicator::connect(&through(PASSWORD))
+        .await
+        .unwrap_or_else(|e| panic!("{}\nbastion:\n{}", chain(&e), bastion.log()));
+    assert_eq!(first_line(&comm, "id -un").await, "root");
+    let log = bastion.log();
+    assert!(
+        log.contains(&format!(
+            "Accepted password for {PASSWORD_USER} from 127.0.0.1"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("Accepted publickey"), "{log}");
+    assert!(
+        target.log().contains("Accepted publickey for root"),
+        "{}",
+        target.log()
+    );
+
+    // A wrong password is refused by the jump host, which the error names.
+    let (error, _) = failed_connect(&through("wrong")).await;
+    match &error {
+        ConnectError::AuthRejected {
+            target: who, user, ..
+        } => {
+            assert_eq!(
+                who,
+                &format!("{PASSWORD_USER}@127.0.0.1:{}", bastion.port())
+            );
+            assert_eq!(user, PASSWORD_USER);
+        }
+        other => panic!("expected a rejected login, got {}", chain(other)),
+    }
+}
+
 /// `ssh_bastion_host_key_fingerprint` pins the jump host's key: another key is refused at once,
 /// naming the jump host, and the right one is reported as pinned.
 #[tokio::test]
@@ -673,13 +772,13 @@ async fn password_login() {
         password_auth: true,
         ..Default::default()
     });
-    if !ensure_password_user("kiln-ssh-test", "correct horse") {
+    if !ensure_password_user(PASSWORD_USER, PASSWORD) {
         return;
     }
     let login = SshConfig {
-        ssh_username: Some("kiln-ssh-test".into()),
+        ssh_username: Some(PASSWORD_USER.into()),
         ssh_private_key_file: None,
-        ssh_password: Some(kiln_comm::ssh::Secret::new("correct horse")),
+        ssh_password: Some(kiln_comm::ssh::Secret::new(PASSWORD)),
         ..config(&sshd)
     };
     let comm = SshCommunicator::connect(&login)
@@ -687,7 +786,7 @@ async fn password_login() {
         .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), sshd.log()));
     let (status, lines) = run(&comm, command("id -un")).await;
     assert_eq!(status, ExitStatus::Code(0));
-    assert_eq!(lines, [(Stream::Stdout, "kiln-ssh-test".to_owned())]);
+    assert_eq!(lines, [(Stream::Stdout, PASSWORD_USER.to_owned())]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

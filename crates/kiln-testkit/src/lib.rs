@@ -7,6 +7,10 @@
 //! kernel kills sshd too (`PR_SET_PDEATHSIG`, tied to the thread that started it: keep an `Sshd`
 //! on that thread). Without `/usr/sbin/sshd` it returns `None` after a note, or panics when `CI`
 //! is set so that CI cannot silently skip SSH tests.
+//!
+//! sshd logs at `VERBOSE`, so [`Sshd::log`] has a `Starting session: command for USER from ...`
+//! line per command or transfer (one channel each) besides the `Accepted publickey for USER` line
+//! per login: tests count them to check that work shares one connection and few channels.
 
 pub mod docker;
 pub mod vm;
@@ -81,7 +85,7 @@ impl Sshd {
              PidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
              PermitRootLogin yes\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication {password}\nKbdInteractiveAuthentication no\n\
-             MaxSessions 100\nMaxStartups 100\nAllowTcpForwarding yes\n"
+             MaxSessions 100\nMaxStartups 100\nAllowTcpForwarding yes\nLogLevel VERBOSE\n"
         );
         std::fs::write(dir.path().join("sshd_config"), config).unwrap();
         let mut sshd = Sshd {
@@ -128,6 +132,11 @@ impl Sshd {
     /// Everything sshd wrote to stderr so far (for failure messages).
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// How many sessions (commands, transfers: one channel each) sshd started so far.
+    pub fn sessions_started(&self) -> usize {
+        self.log().matches("Starting session: ").count()
     }
 
     /// Kills sshd and every session it runs, as a crash or a reboot would.
@@ -215,6 +224,11 @@ impl Drop for Sshd {
 /// runs as root, on a throwaway machine; returns `false` (after a note) otherwise, and panics
 /// under `CI` (which runs as root and must not skip the test).
 pub fn ensure_password_user(name: &str, password: &str) -> bool {
+    // Tests of one binary run side by side: `useradd` and `chpasswd` must not race.
+    static USERS: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = USERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         assert!(

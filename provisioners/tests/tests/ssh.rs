@@ -11,7 +11,7 @@ use kiln_core::component::Registry;
 use kiln_core::event::{Event, EventKind, EventSink, OutputStream, Redactor};
 use kiln_core::runner::{run_plan, RunOptions, RunSummary};
 use kiln_core::template::{self, LoadOptions};
-use kiln_testkit::Sshd;
+use kiln_testkit::{ensure_password_user, Sshd, SshdOptions};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn registry() -> Registry {
@@ -162,7 +162,7 @@ async fn inline_and_script_commands_run_and_are_removed() {
     let dir = host.template(
         r#"
   provisioner "shell" {
-    inline        = ["echo hello from inline", "touch {{W}}/inline-done"]
+    inline        = ["echo hello from inline", "echo \"inline ran as $0\"", "touch {{W}}/inline-done"]
     remote_folder = "{{W}}/scripts"
   }
   provisioner "shell" {
@@ -184,6 +184,16 @@ async fn inline_and_script_commands_run_and_are_removed() {
         "{lines:?}"
     );
     assert!(host.path("inline-done").exists());
+    // The inline script was uploaded to `remote_folder` (and run from there).
+    let ran_as = format!("inline ran as {}/", host.path("scripts").display());
+    let script = lines
+        .iter()
+        .find_map(|line| line.strip_prefix(&ran_as))
+        .unwrap_or_else(|| panic!("no `{ran_as}...` in {lines:?}"));
+    assert!(
+        script.starts_with("script_") && script.ends_with(".sh"),
+        "{script}"
+    );
     let left: Vec<_> = std::fs::read_dir(host.path("scripts"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -523,6 +533,77 @@ source "null" "host" {{
     );
 }
 
+/// Through a jump host (`ssh_bastion_*`) that takes another user by password: the build's
+/// commands run on the machine behind it, and the jump host's key, trusted on first use, is
+/// reported with the option that pins it.
+#[tokio::test]
+async fn a_build_goes_through_a_bastion_with_its_own_user() {
+    let Some(host) = Host::start() else { return };
+    let Some(bastion) = Sshd::start_with(SshdOptions {
+        password_auth: true,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let (user, password) = ("kiln-ssh-test", "correct horse");
+    if !ensure_password_user(user, password) {
+        return;
+    }
+    let fingerprint = host.sshd.host_key_fingerprint();
+    let direct = source(&host.sshd, "host", &fingerprint);
+    let sources = format!(
+        r#"{}  ssh_bastion_host     = "127.0.0.1"
+  ssh_bastion_port     = {}
+  ssh_bastion_username = "{user}"
+  ssh_bastion_password = "{password}"
+}}
+"#,
+        direct.strip_suffix("}\n").unwrap(),
+        bastion.port()
+    );
+    let dir = host.template_with(
+        &sources,
+        "host",
+        r#"
+  provisioner "shell" {
+    inline = ["echo \"through as $(id -un)\"", "touch {{W}}/through"]
+  }
+"#,
+    );
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    assert_eq!(outputs(&events), ["through as root"]);
+    assert!(host.path("through").exists());
+    let log = bastion.log();
+    assert!(
+        log.contains(&format!("Accepted password for {user} from 127.0.0.1")),
+        "{log}"
+    );
+    assert!(
+        host.sshd.log().contains("Accepted publickey for root"),
+        "{}",
+        host.sshd.log()
+    );
+    let expected = format!(
+        "trusting the host key of 127.0.0.1:{} on first use: {} \
+         (pin it with `ssh_bastion_host_key_fingerprint`)",
+        bastion.port(),
+        bastion.host_key_fingerprint()
+    );
+    let messages = messages(&events);
+    assert!(messages.contains(&expected), "{messages:?}");
+    // The machine's key is pinned: no first-use message for it.
+    let machine = format!("127.0.0.1:{} on first use", host.sshd.port());
+    assert!(
+        !messages.iter().any(|m| m.contains(&machine)),
+        "{messages:?}"
+    );
+    assert!(
+        !format!("{events:?}").contains(password),
+        "the bastion password leaked into an event"
+    );
+}
+
 #[tokio::test]
 async fn an_unexpected_disconnect_fails() {
     let Some(host) = Host::start() else { return };
@@ -731,12 +812,18 @@ async fn only_limits_a_provisioner_to_named_sources() {
     content     = "x"
     destination = "{{W}}/only-${source.name}"
   }
+  provisioner "shell" {
+    only   = ["null.b"]
+    inline = ["touch {{W}}/shell-only-${source.name}"]
+  }
 "#,
     );
     let (summary, events) = run(&dir).await;
     assert_ok(&summary, &events);
     assert!(host.path("only-a").exists());
     assert!(!host.path("only-b").exists());
+    assert!(!host.path("shell-only-a").exists());
+    assert!(host.path("shell-only-b").exists());
 }
 
 #[tokio::test]
@@ -840,6 +927,157 @@ async fn timeout_stops_a_provisioner_that_runs_too_long() {
     let error = error(&summary);
     assert!(error.contains("did not finish within 1s"), "{error}");
     assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+/// `except`, `override` (of the destination) and `pause_before` with `file`.
+#[tokio::test]
+async fn meta_arguments_work_with_file() {
+    let Some(host) = Host::start() else { return };
+    let dir = two_sources(
+        &host,
+        r#"
+  provisioner "file" {
+    except      = ["null.a"]
+    content     = "x"
+    destination = "{{W}}/except-${source.name}"
+  }
+  provisioner "file" {
+    pause_before = "300ms"
+    content      = "for ${source.name}\n"
+    destination  = "{{W}}/default-${source.name}"
+    override = {
+      "null.b" = {
+        destination = "{{W}}/overridden-${source.name}"
+      }
+    }
+  }
+"#,
+    );
+    let start = Instant::now();
+    let (summary, events) = run(&dir).await;
+    assert_ok(&summary, &events);
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert!(!host.path("except-a").exists());
+    assert!(host.path("except-b").exists());
+    let read = |p: &str| std::fs::read_to_string(host.path(p)).unwrap();
+    assert_eq!(read("default-a"), "for a\n");
+    assert_eq!(read("overridden-b"), "for b\n");
+    assert!(!host.path("default-b").exists());
+    let pauses = messages(&events)
+        .iter()
+        .filter(|m| m.starts_with("pausing 300ms before provisioner 2 (file)"))
+        .count();
+    assert_eq!(pauses, 2, "{:?}", messages(&events));
+}
+
+/// Makes a FIFO at `path`: a download of it blocks until something writes to it.
+fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    let made = unsafe { libc::mkfifo(name.as_ptr(), 0o600) };
+    assert_eq!(made, 0, "mkfifo {}", path.display());
+}
+
+/// Opens the FIFO `path` for writing as soon as something reads it (within `limit`); `None` when
+/// nothing did. Closing the writer ends the reader's read.
+fn writer_once_read(path: &Path, limit: Duration) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = Instant::now() + limit;
+    loop {
+        // Without a reader, a non-blocking open for writing fails (ENXIO).
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path);
+        match opened {
+            Ok(file) => return Some(file),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// `timeout` with `file`: a download from a FIFO that nothing writes to never ends, and is
+/// stopped.
+#[tokio::test]
+async fn timeout_stops_a_file_download_that_never_ends() {
+    let Some(host) = Host::start() else { return };
+    mkfifo(&host.path("never-written"));
+    let dir = host.template(
+        r#"
+  provisioner "file" {
+    direction   = "download"
+    source      = "{{W}}/never-written"
+    destination = "{{W}}/never"
+    timeout     = "1s"
+  }
+  provisioner "shell" {
+    inline = ["touch {{W}}/not-reached"]
+  }
+"#,
+    );
+    let start = Instant::now();
+    let (summary, _) = run(&dir).await;
+    // The `cat` on the machine still waits for a writer: let it end.
+    drop(writer_once_read(
+        &host.path("never-written"),
+        Duration::from_secs(5),
+    ));
+    let error = error(&summary);
+    assert!(error.contains("provisioner 1 (file)"), "{error}");
+    assert!(error.contains("did not finish within 1s"), "{error}");
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert!(!host.path("not-reached").exists());
+}
+
+/// `max_retries` with `file`: the first attempt of a download stalls (a FIFO held open by a
+/// writer that sends nothing) until its `timeout`; meanwhile the FIFO is replaced by a file, which
+/// the second attempt fetches.
+#[tokio::test]
+async fn max_retries_runs_a_stalled_file_download_again() {
+    let Some(host) = Host::start() else { return };
+    let source = host.path("source");
+    mkfifo(&source);
+    std::fs::write(host.path("replacement"), "second attempt\n").unwrap();
+    let dir = host.template(
+        r#"
+  provisioner "file" {
+    direction   = "download"
+    source      = "{{W}}/source"
+    destination = "{{W}}/fetched"
+    timeout     = "1s"
+    max_retries = 1
+  }
+"#,
+    );
+    let stall = std::thread::spawn({
+        let (source, replacement) = (source.clone(), host.path("replacement"));
+        move || {
+            let writer = writer_once_read(&source, Duration::from_secs(20));
+            std::fs::rename(replacement, source).unwrap();
+            writer
+        }
+    });
+    let (summary, events) = run(&dir).await;
+    let writer = stall.join().unwrap();
+    assert!(writer.is_some(), "the first attempt never read the FIFO");
+    // Lets the first attempt's `cat` on the machine end.
+    drop(writer);
+    assert_ok(&summary, &events);
+    assert_eq!(
+        std::fs::read_to_string(host.path("fetched")).unwrap(),
+        "second attempt\n"
+    );
+    let retried = messages(&events)
+        .into_iter()
+        .filter(|m| m.contains("(attempt 1 of 2)"))
+        .collect::<Vec<_>>();
+    assert_eq!(retried.len(), 1, "{:?}", messages(&events));
+    assert!(
+        retried[0].contains("did not finish within 1s"),
+        "{retried:?}"
+    );
 }
 
 #[tokio::test]
@@ -953,6 +1191,10 @@ async fn ansible_playbook_runs_through_the_null_builder() {
       ansible.builtin.copy:
         dest: "{w}/from-ansible"
         content: "made by {{{{ packer_build_name }}}}\n"
+    - name: a variable from ansible_env_vars
+      ansible.builtin.copy:
+        dest: "{w}/from-env"
+        content: "{{{{ lookup('env', 'KILN_FROM_ENV') }}}}\n"
 "#,
             w = host.work.path().display()
         ),
@@ -961,7 +1203,8 @@ async fn ansible_playbook_runs_through_the_null_builder() {
     let dir = host.template(
         r#"
   provisioner "ansible" {
-    playbook_file = "{{W}}/site.yml"
+    playbook_file    = "{{W}}/site.yml"
+    ansible_env_vars = ["KILN_FROM_ENV=hello from=the environment"]
   }
 "#,
     );
@@ -979,6 +1222,11 @@ async fn ansible_playbook_runs_through_the_null_builder() {
     assert_eq!(
         std::fs::read_to_string(host.path("from-ansible")).unwrap(),
         "made by host\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.path("from-env")).unwrap(),
+        "hello from=the environment\n",
+        "`ansible_env_vars` reached ansible-playbook"
     );
 }
 

@@ -569,3 +569,41 @@ fn remember(policy: &HostKeyPolicy, info: &HostKeyInfo) -> HostKeyPolicy {
         _ => policy.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The client's keep-alive interval for `ssh_keep_alive_interval` (`None`: the default).
+    fn keep_alive(interval: Option<&str>) -> Option<Duration> {
+        let mut config = SshConfig {
+            ssh_host: Some("127.0.0.1".into()),
+            ssh_username: Some("root".into()),
+            ssh_password: Some(Secret::new("x")),
+            ..Default::default()
+        };
+        if let Some(text) = interval {
+            config.ssh_keep_alive_interval = super::super::parse_go_duration(text).unwrap();
+        }
+        let (settings, _) = Settings::from_config(&config).unwrap();
+        settings.client.keepalive_interval
+    }
+
+    #[test]
+    fn a_zero_keep_alive_interval_disables_keep_alives() {
+        assert_eq!(keep_alive(Some("0s")), None);
+        assert_eq!(keep_alive(Some("0")), None);
+        assert_eq!(
+            keep_alive(Some("-1s")),
+            None,
+            "negative means disabled in Packer"
+        );
+        assert_eq!(keep_alive(Some("5s")), Some(Duration::from_secs(5)));
+        assert_eq!(keep_alive(Some("250ms")), Some(Duration::from_millis(250)));
+        assert_eq!(
+            keep_alive(None),
+            Some(Duration::from_secs(5)),
+            "the default"
+        );
+    }
+}
