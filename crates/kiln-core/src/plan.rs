@@ -291,7 +291,7 @@ impl Config {
             let Some(spec) = options.iter().find(|o| o.name == attr.key) else {
                 continue;
             };
-            if let Some(ty) = option_type(spec.ty) {
+            if let Some(ty) = option_type(spec) {
                 let help = format!("`{}` ({}): {}", spec.name, spec.ty, spec.doc);
                 conform_attr(attr, &ty, help, &mut diags);
             }
@@ -328,12 +328,12 @@ impl Config {
 
 /// The type an option's values are converted to; `None` for blocks and for types HCL has no
 /// name for (the component's decoder judges those).
-fn option_type(written: &str) -> Option<crate::template::types::Type> {
+fn option_type(spec: &crate::component::OptionSpec) -> Option<crate::template::types::Type> {
     use crate::template::types::Type;
-    match written {
+    match spec.ty {
+        _ if spec.is_block() => None,
         "duration" => Some(Type::String),
-        _ if written == "block" || written.starts_with("block(") => None,
-        _ => written
+        written => written
             .parse::<hcl::Expression>()
             .ok()
             .and_then(|expr| Type::parse(&expr).ok()),

@@ -550,6 +550,7 @@ fn percent_encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     #[test]
     fn engine_answers_and_imports_a_busybox_image() {
@@ -583,7 +584,8 @@ mod tests {
         let (user, password) = registry.login().unwrap();
         let basic = |user: &str, password: &str| {
             let mut stream = std::net::TcpStream::connect(("127.0.0.1", registry.port())).unwrap();
-            let token = base64(format!("{user}:{password}").as_bytes());
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
             write!(
                 stream,
                 "GET /v2/ HTTP/1.0\r\nHost: localhost\r\nAuthorization: Basic {token}\r\n\r\n"
@@ -595,23 +597,5 @@ mod tests {
         };
         assert_eq!(basic(user, password), "200");
         assert_eq!(basic(user, "wrong"), "401");
-    }
-
-    /// Standard base64 with padding.
-    fn base64(bytes: &[u8]) -> String {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n =
-                chunk.iter().fold(0u32, |n, b| n << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
     }
 }

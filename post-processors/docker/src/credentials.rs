@@ -18,7 +18,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 /// The key Docker Hub's credentials are stored under (Docker CLI's `registry.IndexServer`).
@@ -278,42 +278,25 @@ impl CredentialSources {
                 run_error(source)
             }
         })?;
-        let (stdin, stdout, stderr) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let talk = async {
-            if let Some(mut stdin) = stdin {
-                // A helper may exit without reading; its exit status tells what happened.
-                match stdin.write_all(server.as_bytes()).await {
-                    Err(e) if e.kind() != ErrorKind::BrokenPipe => return Err(e),
-                    _ => {}
-                }
-                // Dropped here: the helper reads its stdin to the end.
+        if let Some(mut stdin) = child.stdin.take() {
+            // A helper may exit without reading; its exit status tells what happened. Dropped
+            // here, so the helper reads its stdin to the end.
+            match stdin.write_all(server.as_bytes()).await {
+                Err(e) if e.kind() != ErrorKind::BrokenPipe => return Err(run_error(e)),
+                _ => {}
             }
-            let (mut out, mut err) = (Vec::new(), Vec::new());
-            let (read_out, read_err, status) = tokio::join!(
-                read_all(stdout, &mut out),
-                read_all(stderr, &mut err),
-                child.wait()
-            );
-            read_out?;
-            read_err?;
-            Ok(std::process::Output {
-                status: status?,
-                stdout: out,
-                stderr: err,
-            })
-        };
-        let answered = tokio::time::timeout(self.helper_timeout, talk).await;
-        let output = match answered {
+        }
+        // On timeout the output future is dropped with the child, which kills it
+        // (`kill_on_drop`); the runtime reaps it.
+        let output = match tokio::time::timeout(self.helper_timeout, child.wait_with_output()).await
+        {
             Ok(output) => output.map_err(run_error)?,
             Err(_) => {
-                // `kill` also waits for it, so that no zombie is left.
-                let _ = child.kill().await;
                 return Err(FindCredentialsError::HelperTimeout {
                     helper,
                     server: server.to_string(),
                     timeout: self.helper_timeout,
-                });
+                })
             }
         };
         if !output.status.success() {
@@ -357,17 +340,6 @@ impl CredentialSources {
             credentials,
             source: CredentialSource::Helper(helper),
         }))
-    }
-}
-
-/// Reads `pipe` (when there is one) to its end into `buf`.
-async fn read_all<R: tokio::io::AsyncRead + Unpin>(
-    pipe: Option<R>,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    match pipe {
-        Some(mut pipe) => pipe.read_to_end(buf).await.map(drop),
-        None => Ok(()),
     }
 }
 

@@ -104,7 +104,7 @@ pub(crate) fn append(path: &Path, record: Value, run_uuid: &str) -> Result<(), M
 
 /// An exclusive `flock` on `<path>.lock`; dropping it removes the lock file, then releases it.
 struct LockFile {
-    file: File,
+    _file: File,
     path: PathBuf,
 }
 
@@ -113,7 +113,7 @@ impl Drop for LockFile {
         // Removed while still locked: a writer that opened this file meanwhile sees, once it
         // gets the lock, that the path no longer names it, and starts again (see `lock`).
         std::fs::remove_file(&self.path).ok();
-        let _ = &self.file;
+        // `file` closes after this, releasing the lock.
     }
 }
 
@@ -144,7 +144,7 @@ fn lock(path: &Path) -> Result<LockFile, ManifestError> {
         match std::fs::metadata(&lock_path) {
             Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
                 return Ok(LockFile {
-                    file,
+                    _file: file,
                     path: lock_path,
                 })
             }
